@@ -1,0 +1,100 @@
+"""Tables: jobs, persona_runs, llm_calls. The database is the source of truth for a job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+FINISHED = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)
+
+_TS = sa.DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: sa.JSON, datetime: _TS}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    idea: Mapped[str] = mapped_column(sa.Text)
+    context: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.QUEUED.value, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime]
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    synthesis: Mapped[dict[str, Any] | None]
+    synthesis_provider: Mapped[str | None] = mapped_column(sa.String(64))
+    critique: Mapped[dict[str, Any] | None]
+    critique_provider: Mapped[str | None] = mapped_column(sa.String(64))
+
+    __table_args__ = (sa.Index("ix_jobs_owner_created", "owner", "created_at"),)
+
+
+class PersonaRun(Base):
+    __tablename__ = "persona_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    persona: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16), default=RunStatus.PENDING.value)
+    output: Mapped[dict[str, Any] | None]
+    provider: Mapped[str | None] = mapped_column(sa.String(64))
+    model: Mapped[str | None] = mapped_column(sa.String(128))
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    claimed_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    latency_ms: Mapped[int | None]
+
+    __table_args__ = (sa.UniqueConstraint("job_id", "persona", name="uq_persona_runs_job_persona"),)
+
+
+class LLMCall(Base):
+    """One row per attempt: success, failure, or a skip (cooldown, bucket wait)."""
+
+    __tablename__ = "llm_calls"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(sa.String(32))
+    provider: Mapped[str] = mapped_column(sa.String(64))
+    model: Mapped[str] = mapped_column(sa.String(128))
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cost_usd: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    latency_ms: Mapped[int] = mapped_column(default=0)
+    wait_ms: Mapped[int] = mapped_column(default=0)
+    outcome: Mapped[str] = mapped_column(sa.String(32))
+    error_class: Mapped[str | None] = mapped_column(sa.String(64))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    fallback_from: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

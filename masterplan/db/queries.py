@@ -1,0 +1,154 @@
+"""Query functions: keyword-only arguments, an explicit session, no hidden commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from masterplan.db.models import FINISHED, Job, JobStatus, LLMCall, PersonaRun, RunStatus, utcnow
+from masterplan.personas import PERSONA_KEYS
+
+
+def create_job(
+    session: Session, *, owner: str, idea: str, context: dict[str, Any] | None, deadline_s: int
+) -> Job:
+    now = utcnow()
+    job = Job(
+        id=str(uuid.uuid4()), owner=owner, idea=idea, context=context,
+        status=JobStatus.QUEUED.value, created_at=now, deadline_at=now + timedelta(seconds=deadline_s),
+    )
+    session.add(job)
+    session.flush()
+    session.add_all(PersonaRun(job_id=job.id, persona=p, status=RunStatus.PENDING.value, attempts=0)
+                    for p in PERSONA_KEYS)
+    return job
+
+
+def get_job(session: Session, *, job_id: str, owner: str | None = None) -> Job | None:
+    stmt = sa.select(Job).where(Job.id == job_id)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
+    return session.scalars(stmt).one_or_none()
+
+
+def list_jobs(
+    session: Session, *, owner: str, limit: int, before: datetime | None = None
+) -> Sequence[Job]:
+    stmt = sa.select(Job).where(Job.owner == owner)
+    if before is not None:
+        stmt = stmt.where(Job.created_at < before)
+    return session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).all()
+
+
+def persona_runs(session: Session, *, job_id: str) -> list[PersonaRun]:
+    rows = session.scalars(sa.select(PersonaRun).where(PersonaRun.job_id == job_id)).all()
+    order = {p: i for i, p in enumerate(PERSONA_KEYS)}
+    return sorted(rows, key=lambda r: order.get(r.persona, 99))
+
+
+def claim_persona(session: Session, *, job_id: str, persona: str, lease_s: int) -> str:
+    """Claim a persona run for this delivery. Returns "claimed", "finished" or "busy".
+
+    First claim wins; a claim older than the lease (its worker died) can be taken over.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=lease_s)
+    claimed = session.execute(
+        sa.update(PersonaRun)
+        .where(
+            PersonaRun.job_id == job_id, PersonaRun.persona == persona,
+            sa.or_(PersonaRun.status == RunStatus.PENDING.value,
+                   sa.and_(PersonaRun.status == RunStatus.RUNNING.value,
+                           PersonaRun.claimed_at < stale)),
+        )
+        .values(status=RunStatus.RUNNING.value, claimed_at=now,
+                started_at=sa.func.coalesce(PersonaRun.started_at, now),
+                attempts=PersonaRun.attempts + 1)
+    ).rowcount
+    if claimed:
+        session.execute(
+            sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.RUNNING.value, started_at=now)
+        )
+        return "claimed"
+    status = session.scalar(
+        sa.select(PersonaRun.status).where(PersonaRun.job_id == job_id, PersonaRun.persona == persona)
+    )
+    if status is None:
+        raise LookupError(f"job {job_id} has no persona {persona!r}")
+    return "finished" if status in FINISHED else "busy"
+
+
+def release_persona(session: Session, *, job_id: str, persona: str) -> None:
+    """Hand a claimed run back (the task will be retried later)."""
+    session.execute(
+        sa.update(PersonaRun)
+        .where(PersonaRun.job_id == job_id, PersonaRun.persona == persona,
+               PersonaRun.status == RunStatus.RUNNING.value)
+        .values(status=RunStatus.PENDING.value, claimed_at=None)
+    )
+
+
+def finish_persona(
+    session: Session, *, job_id: str, persona: str, status: RunStatus,
+    output: dict[str, Any] | None = None, provider: str | None = None, model: str | None = None,
+    error: str | None = None, latency_ms: int | None = None,
+) -> bool:
+    """First finished write wins: returns False when the run had already finished."""
+    return bool(session.execute(
+        sa.update(PersonaRun)
+        .where(PersonaRun.job_id == job_id, PersonaRun.persona == persona,
+               PersonaRun.status.not_in(FINISHED))
+        .values(status=status.value, output=output, provider=provider, model=model, error=error,
+                latency_ms=latency_ms, finished_at=utcnow())
+    ).rowcount)
+
+
+def record_calls(session: Session, *, job_id: str, stage: str, attempts: Iterable[Any]) -> None:
+    """The ledger: one row per attempt (router `Attempt` dataclasses)."""
+    rows = [dict(asdict(a), job_id=job_id, stage=stage) for a in attempts]
+    if rows:
+        session.execute(sa.insert(LLMCall), rows)
+
+
+def update_job(session: Session, *, job_id: str, only_if_open: bool = True, **values: Any) -> bool:
+    stmt = sa.update(Job).where(Job.id == job_id)
+    if only_if_open:
+        stmt = stmt.where(Job.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)))
+    return bool(session.execute(stmt.values(**values)).rowcount)
+
+
+def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
+    """Tokens, cost, calls and bucket waits per stage and provider."""
+    c = LLMCall
+    rows = session.execute(
+        sa.select(
+            c.stage, c.provider,
+            sa.func.count().filter(c.outcome.not_in(("skipped_cooldown", "skipped_ratelimit",
+                                                     "never_fits", "deferred"))),
+            sa.func.coalesce(sa.func.sum(c.input_tokens), 0),
+            sa.func.coalesce(sa.func.sum(c.output_tokens), 0),
+            sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
+            sa.func.coalesce(sa.func.sum(c.wait_ms).filter(c.outcome == "deferred"), 0),
+            sa.func.count().filter(c.outcome != "ok"),
+        )
+        .where(c.job_id == job_id)
+        .group_by(c.stage, c.provider)
+        .order_by(c.stage, c.provider)
+    ).all()
+    return [
+        {"stage": r[0], "provider": r[1], "calls": r[2], "input_tokens": int(r[3]),
+         "output_tokens": int(r[4]), "cost_usd": round(float(r[5]), 6), "wait_ms": int(r[6]),
+         "failed_attempts": r[7]}
+        for r in rows
+    ]
+
+
+def llm_calls(session: Session, *, job_id: str) -> Sequence[LLMCall]:
+    return session.scalars(sa.select(LLMCall).where(LLMCall.job_id == job_id).order_by(LLMCall.id)).all()

@@ -1,0 +1,1 @@
+"""LLM providers, the fallback router and structured output."""

@@ -1,0 +1,118 @@
+"""The provider protocol and the values that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str  # "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    """What a caller asks of a provider. `schema` set means: JSON that validates against it."""
+
+    system: str
+    messages: tuple[Message, ...]
+    max_tokens: int = 1024
+    temperature: float = 0.3
+    schema: type[BaseModel] | None = None
+    # Free-form context for logs (job id, stage); never sent to a provider.
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def with_messages(self, *extra: Message) -> LLMRequest:
+        return LLMRequest(
+            system=self.system,
+            messages=self.messages + extra,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            schema=self.schema,
+            tags=self.tags,
+        )
+
+    @property
+    def prompt_chars(self) -> int:
+        return len(self.system) + sum(len(m.content) for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What the provider said about its remaining capacity (None: it did not say)."""
+
+    remaining_tokens: int | None = None
+    remaining_requests: int | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    usage: Usage
+    provider: str
+    model: str
+    latency_ms: int
+    request_id: str | None = None
+    rate_limit: RateLimitInfo | None = None
+    # The validated object when the request had a schema (filled by the router).
+    data: BaseModel | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last item of a stream: usage and provider facts."""
+
+    usage: Usage
+    provider: str
+    model: str
+    request_id: str | None = None
+    rate_limit: RateLimitInfo | None = None
+
+
+StreamItem = str | StreamEnd
+
+
+class Provider(Protocol):
+    """One LLM backend. Adapters raise only `masterplan.errors.ProviderError` subclasses."""
+
+    name: str
+    model: str
+
+    def complete(self, request: LLMRequest) -> Completion: ...
+
+    def stream(self, request: LLMRequest) -> Iterator[StreamItem]: ...
+
+
+def json_instructions(schema: type[BaseModel]) -> str:
+    """The text appended to a system prompt when JSON output is required.
+
+    Every provider gets the schema in the prompt; JSON mode (or tool use) only guarantees syntax.
+    """
+    import json
+
+    return (
+        f"\n\nRespond with one JSON object only, no prose, no code fences.\n"
+        f"Schema name: {schema.__name__}\n"
+        f"JSON schema: {json.dumps(schema.model_json_schema(), separators=(',', ':'))}"
+    )
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value

@@ -1,0 +1,234 @@
+"""The router: one call, the provider chain, fallback on failure, every attempt recorded.
+
+For each provider in chain order:
+  cooling down (shared in Redis)      -> skip, note the wait
+  token bucket says wait / never fits -> skip at once (spill over to the next provider)
+  call; invalid output                -> one repair attempt, then next provider
+  rate limited / overloaded / 5xx / timeout / bad request -> next provider, no sleep
+When nobody answered and some provider only has to wait: RetryLater(shortest wait).
+When every provider failed for good: AllProvidersFailed(reasons).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from masterplan import errors as E
+from masterplan.llm import structured
+from masterplan.llm.base import Completion, LLMRequest, Provider, StreamItem
+from masterplan.llm.cooldowns import Cooldowns, CooldownKind
+from masterplan.ratelimit import Reservation, TokenBucketLimiter, reservation_tokens
+from masterplan.settings import ProviderConfig
+
+log = logging.getLogger(__name__)
+
+# Waiting for Redis to come back: the task is retried after this, never waved through.
+LIMITER_DOWN_WAIT_MS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: Provider
+    config: ProviderConfig
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One ledger row: a call, or a provider skipped without a call."""
+
+    provider: str
+    model: str
+    outcome: str  # ok | rate_limited | ... | skipped_cooldown | skipped_ratelimit | never_fits
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: int = 0
+    wait_ms: int = 0
+    error_class: str | None = None
+    error: str | None = None
+    fallback_from: str | None = None
+
+
+@dataclass(slots=True)
+class Routed:
+    completion: Completion
+    attempts: list[Attempt]
+
+
+class Router:
+    """A provider-shaped composite over the chain (`complete`, `stream`)."""
+
+    name = "router"
+
+    def __init__(
+        self, routes: Sequence[Route], limiter: TokenBucketLimiter, cooldowns: Cooldowns
+    ) -> None:
+        self.routes = list(routes)
+        self.limiter = limiter
+        self.cooldowns = cooldowns
+        self.model = ",".join(r.config.model for r in self.routes)
+
+    @property
+    def chain(self) -> list[str]:
+        return [r.config.name for r in self.routes]
+
+    # -- one attempt ---------------------------------------------------------------------
+    def _admit(self, route: Route, request: LLMRequest, attempts: list[Attempt],
+               waits: list[int], prev: str | None) -> Reservation | None:
+        name = route.config.name
+        tokens = reservation_tokens(request.prompt_chars, request.max_tokens)
+        try:
+            decision = self.limiter.reserve(name, tokens)
+        except E.LimiterUnavailable as exc:
+            log.warning("rate limiter unavailable, call deferred: %s", exc)
+            raise E.RetryLater(LIMITER_DOWN_WAIT_MS, str(exc), attempts) from exc
+        if decision.granted:
+            return decision.reservation
+        if decision.never_fits:
+            attempts.append(Attempt(name, route.config.model, "never_fits", fallback_from=prev,
+                                    error=f"{tokens} tokens exceed the bucket's capacity"))
+        else:
+            waits.append(decision.wait_ms)
+            attempts.append(Attempt(name, route.config.model, "skipped_ratelimit",
+                                    wait_ms=decision.wait_ms, fallback_from=prev))
+        return None
+
+    def _settle(self, route: Route, reservation: Reservation | None, used: int) -> None:
+        if reservation is not None:
+            try:
+                self.limiter.reconcile(reservation, used)
+            except E.LimiterUnavailable as exc:
+                log.warning("could not reconcile %s's bucket: %s", route.config.name, exc)
+
+    def _on_error(self, route: Route, exc: E.ProviderError) -> None:
+        """Classified once by the adapter; here its consequence for every worker."""
+        name = route.config.name
+        if isinstance(exc, (E.RateLimited, E.Overloaded)):
+            wait = exc.retry_after_ms or (5000 if isinstance(exc, E.Overloaded) else 1000)
+            self.limiter.drain(name)
+            self.cooldowns.rate_limited(name, wait, f"{exc.outcome} ({exc.status})")
+        elif isinstance(exc, (E.ServerError, E.ProviderTimeout)):
+            self.cooldowns.failed(name, exc.outcome)
+        elif isinstance(exc, (E.AuthError, E.QuotaExhausted)):
+            if isinstance(exc, E.QuotaExhausted) and exc.retry_after_ms:
+                self.cooldowns.rate_limited(name, exc.retry_after_ms, f"quota ({exc.status})")
+            else:
+                self.cooldowns.disable(name, f"{exc.outcome} ({exc.status}): {exc}")
+
+    def _call(self, route: Route, request: LLMRequest, attempts: list[Attempt],
+              prev: str | None) -> Completion:
+        """One provider call, the structured-output check, and its ledger row."""
+        cfg = route.config
+        started = time.perf_counter()
+        try:
+            completion = route.provider.complete(request)
+        except E.ProviderError as exc:
+            exc.provider = exc.provider or cfg.name
+            attempts.append(Attempt(
+                cfg.name, cfg.model, exc.outcome,
+                latency_ms=int((time.perf_counter() - started) * 1000),
+                error_class=type(exc).__name__, error=str(exc)[:500], fallback_from=prev,
+            ))
+            raise
+        u = completion.usage
+        row = Attempt(
+            cfg.name, completion.model or cfg.model, "ok", u.input_tokens, u.output_tokens,
+            cfg.cost_usd(u.input_tokens, u.output_tokens), completion.latency_ms,
+            fallback_from=prev,
+        )
+        attempts.append(row)
+        if request.schema is not None:
+            try:
+                completion.data = structured.parse(completion.text, request.schema, provider=cfg.name)
+            except E.InvalidOutput as exc:
+                row.outcome, row.error_class, row.error = exc.outcome, "InvalidOutput", str(exc)[:500]
+                raise _Unusable(exc, completion) from exc
+        return completion
+
+    def _try(self, route: Route, request: LLMRequest, attempts: list[Attempt],
+             waits: list[int], prev: str | None) -> Completion | None:
+        """The provider's turn: admit, call, one repair on invalid output. None: move on."""
+        name = route.config.name
+        for is_repair in (False, True):
+            reservation = self._admit(route, request, attempts, waits, prev)
+            if reservation is None:
+                return None
+            try:
+                completion = self._call(route, request, attempts, prev)
+            except _Unusable as bad:
+                self._settle(route, reservation, bad.completion.usage.total)
+                if is_repair:
+                    return None
+                request = structured.repair_request(request, bad.completion.text, bad.error)
+                continue
+            except E.ProviderError as exc:
+                self._settle(route, reservation, 0)
+                self._on_error(route, exc)
+                return None
+            self._settle(route, reservation, completion.usage.total)
+            if completion.rate_limit is not None:
+                rl = completion.rate_limit
+                self.limiter.lower(name, remaining_tokens=rl.remaining_tokens,
+                                   remaining_requests=rl.remaining_requests)
+            return completion
+        return None
+
+    # -- the chain -----------------------------------------------------------------------
+    def route(self, request: LLMRequest) -> Routed:
+        attempts: list[Attempt] = []
+        waits: list[int] = []
+        try:
+            states = self.cooldowns.snapshot(self.chain)
+        except E.LimiterUnavailable as exc:
+            log.warning("provider state unavailable, call deferred: %s", exc)
+            raise E.RetryLater(LIMITER_DOWN_WAIT_MS, str(exc)) from exc
+        prev: str | None = None
+        for route in self.routes:
+            name = route.config.name
+            state = states[name]
+            if not state.available:
+                attempts.append(Attempt(name, route.config.model, "skipped_cooldown",
+                                        wait_ms=state.cooling_ms, error=state.reason,
+                                        fallback_from=prev))
+                if state.kind is not CooldownKind.DISABLED:
+                    waits.append(state.cooling_ms)
+                prev = name
+                continue
+            completion = self._try(route, request, attempts, waits, prev)
+            if completion is not None:
+                if state.failures:
+                    self.cooldowns.succeeded(name)
+                return Routed(completion, attempts)
+            prev = name
+        if waits:
+            raise E.RetryLater(min(waits), "every provider is cooling down or rate limited",
+                               attempts)
+        raise E.AllProvidersFailed(_reasons(attempts), attempts)
+
+    def complete(self, request: LLMRequest) -> Completion:
+        return self.route(request).completion
+
+    def stream(self, request: LLMRequest) -> Iterator[StreamItem]:
+        from masterplan.llm.streaming import stream_with_fallback
+
+        return stream_with_fallback(self, request, [])
+
+
+class _Unusable(Exception):
+    """A reply arrived but failed validation: carries it for the repair attempt."""
+
+    def __init__(self, error: E.InvalidOutput, completion: Completion) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.completion = completion
+
+
+def _reasons(attempts: list[Attempt]) -> dict[str, str]:
+    reasons: dict[str, str] = {}
+    for a in attempts:
+        if a.outcome != "ok":
+            reasons[a.provider] = f"{a.outcome}: {a.error}" if a.error else a.outcome
+    return reasons

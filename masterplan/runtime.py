@@ -1,0 +1,60 @@
+"""What a process needs to run jobs, built once at start-up from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from masterplan.db.session import check_schema, make_engine, make_sessionmaker, upgrade
+from masterplan.llm.registry import build_router
+from masterplan.llm.router import Router
+from masterplan.settings import Settings
+
+_FAKE_SERVER: Any = None
+
+
+def make_redis(settings: Settings) -> Any:
+    """The real Redis when REDIS_URL is set; otherwise one in-process fakeredis server."""
+    if settings.redis_url:
+        import redis
+
+        return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                    health_check_interval=30)
+    import fakeredis
+
+    global _FAKE_SERVER
+    if _FAKE_SERVER is None:
+        _FAKE_SERVER = fakeredis.FakeServer()
+    return fakeredis.FakeRedis(server=_FAKE_SERVER)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: Any
+    router: Router
+
+    def close(self) -> None:
+        self.engine.dispose()
+        try:
+            self.redis.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+def build_runtime(settings: Settings, *, migrate: bool = False) -> Runtime:
+    """Engine, Redis, provider clients. `migrate` upgrades the schema (embedded mode); otherwise
+    a database that is behind stops start-up with SchemaBehindError."""
+    engine = make_engine(settings.database_url)
+    if migrate:
+        upgrade(engine)
+    else:
+        check_schema(engine)
+    redis_client = make_redis(settings)
+    return Runtime(settings, engine, make_sessionmaker(engine), redis_client,
+                   build_router(settings, redis_client))

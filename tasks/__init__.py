@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers that decode ids, call the core and map waits to retries."""

@@ -1,0 +1,46 @@
+"""The Celery app. `celery -A workers worker` finds it as `workers.app`, made by `create_app`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from celery import Celery, signals
+
+from masterplan.errors import ConfigError, SchemaBehindError
+from masterplan.logs import setup_logging
+from masterplan.settings import Settings, chain_summary
+from workers import runtime
+from workers.config import celery_config
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("masterplan", include=["tasks.pipeline"])
+    app.conf.update(celery_config(settings))
+    runtime.configure(settings)
+    return app
+
+
+def configure_app(app: Celery, settings: Settings) -> None:
+    """Point an existing app at other settings (the embedded mode, tests)."""
+    app.conf.update(celery_config(settings))
+    runtime.configure(settings)
+
+
+@signals.worker_init.connect
+def _check_at_start(**_: object) -> None:
+    # Fail fast in the parent: a database that is behind stops the worker with the reason.
+    settings = runtime.current_settings()
+    setup_logging(settings)
+    try:
+        runtime.get_runtime()
+    except (SchemaBehindError, ConfigError) as exc:
+        logging.getLogger("masterplan.worker").critical("%s", exc)
+        sys.exit(2)
+    logging.getLogger("masterplan.worker").info("worker starting, %s", chain_summary(settings))
+
+
+@signals.worker_process_init.connect
+def _per_child(**_: object) -> None:
+    runtime.reset_after_fork()
+    runtime.get_runtime()

@@ -1,0 +1,53 @@
+"""Celery configuration for long, rate-limited LLM tasks.
+
+Time limits are ordered  LLM HTTP timeout < soft limit < hard limit < broker visibility timeout,
+so a slow provider call is cut by its own timeout first, a stuck task by the soft then the hard
+limit, and only a dead worker's task is redelivered (after the visibility timeout).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from masterplan.settings import Settings
+
+PERSONA_QUEUE = "personas"
+PIPELINE_QUEUE = "pipeline"
+SOFT_TIME_LIMIT_S = 300
+HARD_TIME_LIMIT_S = 330
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    assert settings.llm_timeout_s < SOFT_TIME_LIMIT_S < HARD_TIME_LIMIT_S < VISIBILITY_TIMEOUT_S
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": SOFT_TIME_LIMIT_S,
+        "task_time_limit": HARD_TIME_LIMIT_S,
+        "result_expires": 24 * 3600,
+        "broker_connection_retry_on_startup": True,
+        # Flower shows live tasks only when workers send events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Persona calls (long, rate-limited) and the rest can get their own workers.
+        "task_queues": (Queue(PERSONA_QUEUE), Queue(PIPELINE_QUEUE)),
+        "task_default_queue": PIPELINE_QUEUE,
+        "task_routes": {"masterplan.persona": {"queue": PERSONA_QUEUE}},
+        "worker_hijack_root_logger": False,
+    }
+    if settings.broker_url.startswith("memory://"):
+        # kombu's memory transport polls once a second by default: ~1 s per hop.
+        conf["broker_transport_options"] = {"polling_interval": 0.005}
+    else:
+        conf["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+        conf["result_backend_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return conf
