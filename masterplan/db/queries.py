@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,13 +37,11 @@ def get_job(session: Session, *, job_id: str, owner: str | None = None) -> Job |
     return session.scalars(stmt).one_or_none()
 
 
-def list_jobs(
-    session: Session, *, owner: str, limit: int, before: datetime | None = None
-) -> Sequence[Job]:
-    stmt = sa.select(Job).where(Job.owner == owner)
-    if before is not None:
-        stmt = stmt.where(Job.created_at < before)
-    return session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).all()
+def list_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> Sequence[Job]:
+    """The owner's jobs, newest first."""
+    stmt = (sa.select(Job).where(Job.owner == owner)
+            .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
+    return session.scalars(stmt).all()
 
 
 def persona_runs(session: Session, *, job_id: str) -> list[PersonaRun]:

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): submit jobs, read them back, see the providers."""

@@ -1,0 +1,83 @@
+"""POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from api.deps import OwnerDep, RuntimeDep, SessionDep
+from api.schemas import JobCreate, JobList, JobPublic, JobSummary, PersonaPublic, Usage
+from masterplan.db import queries as q
+from masterplan.db.models import Job, JobStatus, utcnow
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def job_public(session: Session, job: Job) -> JobPublic:
+    by_stage = q.usage_by_stage(session, job_id=job.id)
+    totals = {
+        "input_tokens": sum(r["input_tokens"] for r in by_stage),
+        "output_tokens": sum(r["output_tokens"] for r in by_stage),
+        "cost_usd": round(sum(r["cost_usd"] for r in by_stage), 6),
+        "wait_ms": sum(r["wait_ms"] for r in by_stage),
+    }
+    return JobPublic(
+        **JobSummary.model_validate(job, from_attributes=True).model_dump(),
+        context=job.context,
+        started_at=job.started_at,
+        personas=[PersonaPublic.model_validate(r, from_attributes=True)
+                  for r in q.persona_runs(session, job_id=job.id)],
+        synthesis=job.synthesis,
+        synthesis_provider=job.synthesis_provider,
+        critique=job.critique,
+        critique_provider=job.critique_provider,
+        usage=Usage.model_validate({"by_stage": by_stage, "totals": totals}),
+    )
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response) -> JobPublic:
+    from tasks.pipeline import enqueue
+
+    with rt.sessions.begin() as session:
+        job = q.create_job(session, owner=owner, idea=body.idea, context=body.context,
+                           deadline_s=rt.settings.job_deadline_s)
+    try:
+        enqueue(job.id)
+    except Exception as exc:  # noqa: BLE001 - the broker is down: keep the job, say why
+        reason = f"could not enqueue: broker unreachable ({type(exc).__name__})"
+        log.error("job %s: %s", job.id, reason)
+        with rt.sessions.begin() as session:
+            q.update_job(session, job_id=job.id, status=JobStatus.FAILED.value, error=reason,
+                         finished_at=utcnow())
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            f"job {job.id} was stored but {reason}; submit it again later") from exc
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    with rt.sessions() as session:
+        return job_public(session, q.get_job(session, job_id=job.id))  # type: ignore[arg-type]
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
+    job = q.get_job(session, job_id=job_id, owner=owner)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} for this API key")
+    return job_public(session, job)
+
+
+@router.get("", response_model=JobList)
+def list_(
+    owner: OwnerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    rows = q.list_jobs(session, owner=owner, limit=limit + 1, offset=offset)
+    return JobList(
+        items=[JobSummary.model_validate(j, from_attributes=True) for j in rows[:limit]],
+        limit=limit, offset=offset, next_offset=offset + limit if len(rows) > limit else None,
+    )

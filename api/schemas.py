@@ -1,0 +1,118 @@
+"""Request and response schemas, kept apart from the table models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_IDEA_CHARS = 20_000
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idea: str = Field(description="The startup idea, 1 to 20,000 characters.")
+    context: dict[str, Any] | None = Field(
+        None, description="Optional founder context, e.g. interview answers."
+    )
+
+    @field_validator("idea")
+    @classmethod
+    def _idea(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty or only whitespace")
+        if len(v) > MAX_IDEA_CHARS:
+            raise ValueError(f"is {len(v)} characters; the limit is {MAX_IDEA_CHARS}")
+        return v
+
+
+class PersonaPublic(BaseModel):
+    persona: str
+    status: str
+    provider: str | None
+    model: str | None
+    attempts: int
+    error: str | None
+    latency_ms: int | None
+    output: dict[str, Any] | None
+
+
+class StageUsage(BaseModel):
+    stage: str
+    provider: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    wait_ms: int
+    failed_attempts: int
+
+
+class UsageTotals(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    wait_ms: int
+
+
+class Usage(BaseModel):
+    by_stage: list[StageUsage]
+    totals: UsageTotals
+
+
+class JobSummary(BaseModel):
+    id: str
+    status: str
+    idea: str
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+class JobPublic(JobSummary):
+    context: dict[str, Any] | None
+    started_at: datetime | None
+    personas: list[PersonaPublic]
+    synthesis: dict[str, Any] | None
+    synthesis_provider: str | None
+    critique: dict[str, Any] | None
+    critique_provider: str | None
+    usage: Usage
+
+
+class JobList(BaseModel):
+    items: list[JobSummary]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class BucketPublic(BaseModel):
+    tokens: int
+    token_capacity: int
+    requests: int
+    request_capacity: int
+    wait_ms: int
+
+
+class ProviderPublic(BaseModel):
+    position: int
+    name: str
+    kind: str
+    model: str
+    configured: bool
+    cooldown_until: datetime | None
+    cooldown_reason: str | None
+    circuit: str  # closed | open
+    consecutive_failures: int
+    bucket: BucketPublic | None
+    tpm: int | None
+    rpm: int | None
+
+
+class ProviderList(BaseModel):
+    chain: list[str]
+    providers: list[ProviderPublic]

@@ -1,0 +1,116 @@
+"""`masterplan demo "idea"` and `masterplan dev`: the whole system in one process.
+
+Both run a real Celery worker inside the process. With no REDIS_URL that is the embedded
+default (memory broker, fakeredis, SQLite, the stub provider when no key is set); with REDIS_URL
+and DATABASE_URL set they use those services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+DEFAULT_IDEA = "a marketplace for used lab equipment"
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
+    from masterplan.errors import ConfigError
+    from masterplan.logs import setup_logging
+    from masterplan.runtime import build_runtime
+    from masterplan.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if getattr(args, "quiet_logs", True):
+        settings = settings.model_copy(update={"log_level": "WARNING"})
+    setup_logging(settings)
+    from workers import app, runtime
+    from workers.celery_app import configure_app
+
+    configure_app(app, settings)
+    rt = build_runtime(settings, migrate=True)
+    runtime.set_runtime(rt)
+    return app, rt
+
+
+def demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from masterplan.db import queries as q
+    from masterplan.settings import chain_summary
+    from tasks.pipeline import enqueue
+    from workers.embedded import embedded_worker
+    from workers.render import progress_table, render_job
+
+    console = Console()
+    app, rt = _prepare(args)
+    console.print(f"[dim]{'embedded default' if rt.settings.embedded else 'services'}: "
+                  f"{chain_summary(rt.settings)}; database {rt.engine.url.render_as_string()}[/dim]")
+    with embedded_worker(app):
+        with rt.sessions.begin() as s:
+            job = q.create_job(s, owner="demo", idea=args.idea, context=None,
+                               deadline_s=rt.settings.job_deadline_s)
+        started = time.perf_counter()
+        enqueue(job.id)
+        from rich.live import Live
+
+        with Live(console=console, refresh_per_second=12, transient=False) as live:
+            while True:
+                with rt.sessions() as s:
+                    j = q.get_job(s, job_id=job.id)
+                    runs = q.persona_runs(s, job_id=job.id)
+                    live.update(progress_table(j, runs, time.perf_counter() - started))
+                    if j.status in ("succeeded", "failed"):
+                        break
+                time.sleep(0.05)
+        with rt.sessions() as s:
+            j = q.get_job(s, job_id=job.id)
+            render_job(console, j, q.persona_runs(s, job_id=job.id),
+                       q.usage_by_stage(s, job_id=job.id), rt.settings)
+    rt.close()
+    return 0 if j.status == "succeeded" else 1
+
+
+def dev(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    os.environ.setdefault("AUTH_DISABLED", "true")
+    from api.factory import create_app
+    from workers.embedded import embedded_worker
+
+    app, rt = _prepare(args)
+    if rt.settings.auth_disabled:
+        print("masterplan dev: authentication disabled (AUTH_DISABLED=true) — for local use only",
+              file=sys.stderr)
+    with embedded_worker(app):
+        uvicorn.run(create_app(runtime=rt), host=args.host, port=args.port, log_level="info")
+    rt.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="masterplan", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="run one masterplan job and print it")
+    p.add_argument("idea", nargs="?", default=DEFAULT_IDEA)
+    p.set_defaults(fn=demo)
+    p = sub.add_parser("dev", help="the HTTP API with an in-process worker")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(fn=dev, quiet_logs=False)
+    args = parser.parse_args(argv)
+    if args.command == "demo" and not args.idea.strip():
+        parser.error("the idea must not be empty")
+    logging.captureWarnings(True)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
