@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # Filled by load_settings from <NAME>_* variables; not read from the environment directly.
     providers: tuple[ProviderConfig, ...] = ()
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_: object):  # type: ignore[no-untyped-def,override]
+        # load_settings is the one reader of the environment and `.env`; it passes values in.
+        return (init_settings,)
+
     @field_validator("api_keys", "flower_basic_auth", "redis_url", "llm_providers", mode="before")
     @classmethod
     def _strip(cls, v: object) -> object:
@@ -113,7 +118,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.redis_url or "memory://"
+        return self.celery_broker_url or self.redis_url or "memory://localhost/"
 
     @property
     def result_backend(self) -> str:
@@ -214,7 +219,7 @@ def load_settings(
     try:
         values = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
         values.pop("providers", None)
-        settings = Settings(_env_file=None, **values, **overrides)  # type: ignore[call-arg]
+        settings = Settings(**{**values, **overrides})
     except ValidationError as exc:
         err = exc.errors()[0]
         var = str(err["loc"][0]).upper() if err["loc"] else "settings"

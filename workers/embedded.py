@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery import Celery
+from celery.result import _set_task_join_will_block
 from celery.worker import WorkController
 
 
@@ -41,6 +42,8 @@ def embedded_worker(
     thread.start()
     if not worker.ready.wait(30):
         raise RuntimeError("the embedded worker did not start within 30 s")
+    # The worker marks the whole process as "inside a task"; the caller's thread is not.
+    _set_task_join_will_block(False)
     try:
         yield worker
     finally:

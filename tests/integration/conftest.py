@@ -85,8 +85,9 @@ def make_stack(worker: Any, pg_migrated: str, redis_client: Any) -> Iterator[Cal
 
 
 def fake_env(name: str, fake: Any, *, kind: str = "openai", **extra: str) -> dict[str, str]:
-    """Environment that points provider `name` at a local fake server."""
+    """Environment that points provider `name` at a local fake server (limits high unless given)."""
     base = fake.anthropic_base_url if kind == "anthropic" else fake.openai_base_url
-    env = {f"{name.upper()}_BASE_URL": base, f"{name.upper()}_API_KEY": fake.api_key or "sk-test"}
+    env = {f"{name.upper()}_BASE_URL": base, f"{name.upper()}_API_KEY": fake.api_key or "sk-test",
+           f"{name.upper()}_TPM": "10000000", f"{name.upper()}_RPM": "100000"}
     env.update({f"{name.upper()}_{k.upper()}": v for k, v in extra.items()})
     return env
