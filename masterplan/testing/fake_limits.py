@@ -1,0 +1,257 @@
+"""Errors and rate limits of the fake provider: provider-shaped error bodies, 429 messages,
+remaining-capacity headers and the token bucket behind them.
+
+Pure, apart from the clock; `fake_provider` puts them on a socket.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from masterplan.testing.fake_wire import Api, new_id
+
+# ---------------------------------------------------------------- errors
+
+_OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: (
+        "invalid_request_error",
+        "context_length_exceeded",
+        (
+            "This model's maximum context length is 128000 tokens. However, your messages "
+            "resulted in 131072 tokens. Please reduce the length of the messages."
+        ),
+    ),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("permission_denied", None, "You are not allowed to access this model."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached. Please try again later."),
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_GOOGLE_MESSAGES = {
+    400: "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+    401: "API key not valid. Please pass a valid API key.",
+    500: "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+_ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use this resource."),
+    404: ("not_found_error", "The requested resource could not be found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "This request would exceed your organization's rate limit."),
+    500: ("api_error", "Internal server error"),
+    503: ("api_error", "Service unavailable"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+def style_for(flavor: str, api: Api) -> str:
+    """The error/header style of a response: the flavour when it speaks this API, else the API's."""
+    if (flavor == "anthropic") == (api == "anthropic"):
+        return flavor
+    return api
+
+
+def error_body(
+    style: str, status: int, message: str | None = None, *, retry_after_s: float | None = None,
+    err_type: str | None = None, code: str | None = None,
+) -> dict[str, Any] | list[Any]:
+    """A provider-shaped error body for `status` (`message`/`err_type`/`code` override)."""
+    if style == "anthropic":
+        etype, msg = _ANTHROPIC_ERRORS.get(status, ("api_error", f"HTTP {status}"))
+        return {
+            "type": "error",
+            "error": {"type": err_type or etype, "message": message or msg},
+            "request_id": new_id("req_"),
+        }
+    if style == "gemini":
+        msg = message or _GOOGLE_MESSAGES.get(status, f"HTTP {status}")
+        err: dict[str, Any] = {
+            "code": status,
+            "message": msg,
+            "status": _GOOGLE_STATUS.get(status, "UNKNOWN"),
+        }
+        if status == 429:
+            delay = math.ceil(retry_after_s) if retry_after_s is not None else 60
+            err["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/"
+                            "generate_content_free_tier_input_token_count",
+                            "quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"},
+            ]
+        return [{"error": err}]
+    etype, ecode, msg = _OPENAI_ERRORS.get(status, ("server_error", None, f"HTTP {status}"))
+    if style == "groq" and status == 401:
+        msg = "Invalid API Key"
+    if style == "groq" and status == 503:
+        msg = "Service Unavailable"
+    body: dict[str, Any] = {
+        "message": message or msg,
+        "type": err_type or etype,
+        "code": code or ecode,
+    }
+    if style == "openai":
+        body["param"] = None
+    return {"error": body}
+
+
+def rate_limit_message(
+    style: str, model: str, *, kind: str, limit: int, used: int, requested: int, wait_s: float
+) -> str:
+    per = "tokens per minute (TPM)" if kind == "tokens" else "requests per minute (RPM)"
+    if style == "groq":
+        return (
+            f"Rate limit reached for model `{model}` in organization `org_fake` service tier "
+            f"`on_demand` on {per}: Limit {limit}, Used {used}, Requested {requested}. "
+            f"Please try again in {go_duration(wait_s)}. Need more tokens? Upgrade to Dev Tier "
+            "today at https://console.groq.com/settings/billing"
+        )
+    if style == "gemini":
+        return (
+            "You exceeded your current quota, please check your plan and billing details. "
+            f"* Quota exceeded for metric: {per}, limit: {limit}, model: {model}\n"
+            f"Please retry in {wait_s:.1f}s."
+        )
+    if style == "anthropic":
+        what = "input tokens per minute" if kind == "tokens" else "requests per minute"
+        return (
+            f"This request would exceed the rate limit for your organization of {limit} {what}. "
+            "For details, refer to: https://docs.claude.com/en/api/rate-limits."
+        )
+    per = per.replace("minute", "min")
+    return (
+        f"Rate limit reached for {model} in organization org-fake on {per}: Limit {limit}, "
+        f"Used {used}, Requested {requested}. Please try again in {go_duration(wait_s)}. "
+        "Visit https://platform.openai.com/account/rate-limits to learn more."
+    )
+
+
+def too_large_message(style: str, model: str, *, limit: int, requested: int) -> str:
+    if style == "groq":
+        return (
+            f"Request too large for model `{model}` in organization `org_fake` service tier "
+            f"`on_demand` on tokens per minute (TPM): Limit {limit}, Requested {requested}, "
+            "please reduce your message size and try again."
+        )
+    return (
+        f"Request too large for {model} on tokens per min (TPM): Limit {limit}, Requested "
+        f"{requested}. The input or output tokens must be reduced in order to run successfully."
+    )
+
+
+# ---------------------------------------------------------------- headers
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it, to the millisecond: "120ms", "6.5s", "1m2s", "1h0m0s"."""
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs = f"{ms // 1000}.{ms % 1000:03d}".rstrip("0").rstrip(".")
+    out = f"{hours}h" if hours else ""
+    if hours or minutes:
+        out += f"{minutes}m"
+    return out + secs + "s"
+
+
+def rfc3339_in(seconds: float) -> str:
+    at = datetime.now(UTC) + timedelta(seconds=max(0.0, seconds))
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    limit: int
+    remaining: int
+    reset_s: float  # until the bucket is full again
+
+
+class Bucket:
+    """A per-minute token bucket with continuous refill, on `time.monotonic`.
+
+    Not locked: its owner holds one lock around every use, so admission of tokens and requests
+    is one atomic step.
+    """
+
+    def __init__(self, per_minute: int, capacity: int | None = None) -> None:
+        self.limit = per_minute
+        self.capacity = capacity if capacity is not None else per_minute
+        self.rate = per_minute / 60.0  # per second
+        self.level = float(self.capacity)
+        self.stamp = time.monotonic()
+
+    def refill(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.level = min(float(self.capacity), self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` fits (0 if it fits now; inf if it never can)."""
+        if amount > self.capacity or self.rate <= 0:
+            return math.inf
+        return max(0.0, (amount - self.level) / self.rate)
+
+    def state(self) -> BucketState:
+        reset = (self.capacity - self.level) / self.rate if self.rate > 0 else 0.0
+        return BucketState(self.limit, max(0, math.floor(self.level)), max(0.0, reset))
+
+
+def limit_headers(
+    style: str, tokens: BucketState | None, requests: BucketState | None
+) -> dict[str, str]:
+    """The remaining-capacity headers a provider sends on every response."""
+    out: dict[str, str] = {}
+    for name, state in (("tokens", tokens), ("requests", requests)):
+        if state is None:
+            continue
+        if style in ("openai", "groq"):
+            out[f"x-ratelimit-limit-{name}"] = str(state.limit)
+            out[f"x-ratelimit-remaining-{name}"] = str(state.remaining)
+            out[f"x-ratelimit-reset-{name}"] = go_duration(state.reset_s)
+        elif style == "anthropic":
+            out[f"anthropic-ratelimit-{name}-limit"] = str(state.limit)
+            out[f"anthropic-ratelimit-{name}-remaining"] = str(state.remaining)
+            out[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(state.reset_s)
+    return out
+
+
+def retry_headers(style: str, retry_after_s: float | None) -> dict[str, str]:
+    """`retry-after` (whole seconds, rounded up) and `retry-after-ms`; Gemini sends neither."""
+    if retry_after_s is None or style == "gemini":
+        return {}
+    return {
+        "retry-after": str(max(1, math.ceil(retry_after_s))),
+        "retry-after-ms": str(max(1, math.ceil(retry_after_s * 1000))),
+    }
