@@ -10,7 +10,7 @@ from typing import Any
 from masterplan.settings import Settings
 
 # Context fields that LLM log lines carry (job id, persona, provider, attempt).
-CONTEXT_FIELDS = ("job_id", "stage", "provider", "attempt")
+CONTEXT_FIELDS = ("job_id", "stage", "provider", "attempt", "outcome")
 
 
 class JsonFormatter(logging.Formatter):

@@ -8,7 +8,7 @@ A step that must wait raises RetryLater; the task turns that into `retry(countdo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -72,6 +72,7 @@ def _transient(exc: E.AllProvidersFailed) -> bool:
 def _route(rt: Runtime, job: Job, stage: str, request: Any, errors_left: int,
            on_give_up: Any) -> Routed | None:
     """Route one call; record its attempts. None when the stage failed for good."""
+    request = replace(request, tags={**request.tags, "job_id": job.id})
     try:
         routed = rt.router.route(request)
     except E.RetryLater as exc:
@@ -116,7 +117,8 @@ def run_persona(rt: Runtime, job_id: str, persona: str, *, errors_left: int = 2)
     def give_up(s: Any, reason: str) -> None:
         q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.FAILED, error=reason)
 
-    routed = _route(rt, job, persona, persona_request(persona, job.idea, job.context),
+    routed = _route(rt, job, persona, persona_request(persona, job.idea, job.context,
+                                                max_tokens=rt.settings.persona_max_tokens),
                     errors_left, give_up)
     if routed is None:
         return StepResult(persona, RunStatus.FAILED.value)
@@ -162,7 +164,8 @@ def synthesize(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
                                  f"(need {needed}): {failed}")
             return StepResult(stage, JobStatus.FAILED.value)
 
-    routed = _route(rt, job, stage, synthesis_request(job.idea, job.context, findings), errors_left,
+    routed = _route(rt, job, stage, synthesis_request(job.idea, job.context, findings,
+                                                         max_tokens=rt.settings.synthesis_max_tokens), errors_left,
                     lambda s, why: _fail_job(s, job_id, f"synthesis failed: {why}"))
     if routed is None:
         return StepResult(stage, JobStatus.FAILED.value)
@@ -184,7 +187,8 @@ def critique(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
             return StepResult(stage, "skipped")
         if job.critique is not None:
             return StepResult(stage, "succeeded")
-    routed = _route(rt, job, stage, critique_request(job.idea, job.synthesis), errors_left,
+    routed = _route(rt, job, stage, critique_request(job.idea, job.synthesis,
+                                                   max_tokens=rt.settings.critique_max_tokens), errors_left,
                     lambda s, why: _fail_job(s, job_id, f"devil's advocate failed: {why}"))
     if routed is None:
         return StepResult(stage, JobStatus.FAILED.value)

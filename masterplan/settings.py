@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     llm_providers: str | None = None
     llm_timeout_s: float = Field(60.0, gt=0)
     min_personas: int = Field(3, ge=1, le=5)
+    persona_max_tokens: int = Field(1200, ge=16)
+    synthesis_max_tokens: int = Field(2000, ge=16)
+    critique_max_tokens: int = Field(800, ge=16)
     job_deadline_s: int = Field(900, gt=0)
     circuit_failures: int = Field(3, ge=1)
     circuit_open_s: int = Field(30, ge=1)

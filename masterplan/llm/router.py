@@ -179,6 +179,12 @@ class Router:
     # -- the chain -----------------------------------------------------------------------
     def route(self, request: LLMRequest) -> Routed:
         attempts: list[Attempt] = []
+        try:
+            return self._route(request, attempts)
+        finally:
+            _log_attempts(request, attempts)
+
+    def _route(self, request: LLMRequest, attempts: list[Attempt]) -> Routed:
         waits: list[int] = []
         try:
             states = self.cooldowns.snapshot(self.chain)
@@ -215,6 +221,20 @@ class Router:
         from masterplan.llm.streaming import stream_with_fallback
 
         return stream_with_fallback(self, request, [])
+
+
+def _log_attempts(request: LLMRequest, attempts: list[Attempt]) -> None:
+    """One line per attempt, with the context fields that JSON logs carry."""
+    for n, a in enumerate(attempts, 1):
+        level = logging.INFO if a.outcome == "ok" else logging.WARNING
+        if a.outcome.startswith("skipped") or a.outcome == "never_fits":
+            level = logging.INFO
+        log.log(level, "llm %s via %s: %s (%d ms, %d+%d tokens, waited %d ms)%s",
+                request.tags.get("stage", "-"), a.provider, a.outcome, a.latency_ms,
+                a.input_tokens, a.output_tokens, a.wait_ms,
+                f" after {a.fallback_from}" if a.fallback_from else "",
+                extra={"job_id": request.tags.get("job_id"), "stage": request.tags.get("stage"),
+                       "provider": a.provider, "attempt": n, "outcome": a.outcome})
 
 
 class _Unusable(Exception):

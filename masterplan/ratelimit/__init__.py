@@ -1,0 +1,20 @@
+"""Per-provider rate limiting: TPM and RPM token buckets in Redis, one round trip per call."""
+
+from masterplan.ratelimit.estimate import estimate_prompt_tokens, reservation_tokens
+from masterplan.ratelimit.limiter import (
+    BucketLimits,
+    BucketStatus,
+    Decision,
+    Reservation,
+    TokenBucketLimiter,
+)
+
+__all__ = [
+    "BucketLimits",
+    "BucketStatus",
+    "Decision",
+    "Reservation",
+    "TokenBucketLimiter",
+    "estimate_prompt_tokens",
+    "reservation_tokens",
+]

@@ -1,0 +1,276 @@
+"""The per-provider rate limiter: two token buckets in Redis, checked and debited together.
+
+Each provider has a tokens-per-minute (TPM) bucket and a requests-per-minute (RPM) bucket.
+Both refill continuously (limit per 60,000 ms) up to a burst capacity, and a call is admitted
+only when both hold enough; then both are debited in the same atomic script (`bucket.lua`),
+one Redis round trip per operation. The script reads the clock from Redis `TIME`, so workers
+with skewed clocks still agree. Providers missing from the limits mapping are unlimited and
+never touch Redis.
+
+Lifecycle of a call::
+
+    decision = limiter.reserve("groq", reservation_tokens(prompt_chars, max_tokens))
+    ... call the provider ...
+    limiter.reconcile(decision.reservation, usage.total)   # refund or debt
+    limiter.lower("groq", remaining_tokens=..., remaining_requests=...)  # if it said
+    limiter.drain("groq")                                  # after a 429
+
+Never fits: a reservation larger than a bucket's capacity can never be granted, so
+`reserve` says so at once (`never_fits=True`) and the router moves on to the next provider.
+We deliberately do not shrink `max_tokens` to make it fit: a truncated structured answer is
+invalid JSON, so shrinking would trade a clear skip for an invalid-output failure later.
+
+Burst: capacity defaults to one minute's limit, which lets an idle provider take a full
+minute's worth at once and gives the best throughput. A provider that enforces a strict
+sliding window (no more than the limit in *any* 60 s) can reject such a burst followed by
+the refill; for those, configure `burst_tokens` / `burst_requests` below one minute's limit,
+at the cost of less throughput on bursts.
+
+Keys: `<prefix>:rl:{<provider>}:tokens` and `<prefix>:rl:{<provider>}:requests`, each a
+string "<level>:<last refill ms>" with the level in 1/60000 units. The hash tag keeps both
+in one Redis Cluster slot (the script touches both atomically). Each key expires a little
+after the time it would take to refill fully, so idle providers leave nothing behind.
+
+Redis unreachable: every operation raises `LimiterUnavailable`; calls are never waved
+through unmetered.
+
+`now_ms` on every method is for tests only: it replaces Redis `TIME` as the script's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from masterplan.errors import LimiterUnavailable
+from masterplan.ratelimit.model import UNITS_PER_TOKEN
+
+# Lua numbers are doubles (exact to 2^53) and levels are stored in 1/60000 units, so
+# capacities and rates stay at or below this to keep every value exact with room for debt.
+MAX_LIMIT = 1_000_000_000
+
+_SCRIPT = resources.files("masterplan.ratelimit").joinpath("bucket.lua").read_text("utf-8")
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode("utf-8")).hexdigest().encode()
+_RESERVE, _ADJUST, _LOWER, _DRAIN, _PEEK = b"reserve", b"adjust", b"lower", b"drain", b"peek"
+
+
+@dataclass(frozen=True)
+class BucketLimits:
+    """One provider's limits. Burst capacities default to one minute's limit."""
+
+    tpm: int
+    rpm: int
+    burst_tokens: int | None = None
+    burst_requests: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tpm", "rpm", "burst_tokens", "burst_requests"):
+            value = getattr(self, name)
+            if value is None and name.startswith("burst"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_LIMIT:
+                raise ValueError(f"{name} must be at most {MAX_LIMIT}, got {value}")
+
+    @property
+    def token_capacity(self) -> int:
+        """Most tokens the bucket can hold (and so the largest reservation that can fit)."""
+        return self.tpm if self.burst_tokens is None else self.burst_tokens
+
+    @property
+    def request_capacity(self) -> int:
+        """Most requests the bucket can hold."""
+        return self.rpm if self.burst_requests is None else self.burst_requests
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What was debited for one call; hand it back to `reconcile` with the real usage."""
+
+    provider: str
+    tokens: int
+    requests: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to `reserve`.
+
+    granted: debited, go ahead (`reservation` is set).
+    wait_ms: when not granted, the exact wait until both buckets would fit this call.
+    never_fits: the call exceeds a bucket's capacity and never will fit (wait_ms is 0);
+        try another provider.
+    """
+
+    granted: bool
+    wait_ms: int
+    never_fits: bool
+    reservation: Reservation | None
+
+
+@dataclass(frozen=True)
+class BucketStatus:
+    """Current levels of one provider; `wait_ms` is the wait for a one-token, one-request call."""
+
+    provider: str
+    tokens: int
+    token_capacity: int
+    requests: int
+    request_capacity: int
+    wait_ms: int
+
+
+class TokenBucketLimiter:
+    """Per-provider TPM + RPM buckets in Redis (works with `redis.Redis` and `FakeRedis`)."""
+
+    def __init__(
+        self, redis_client: Any, limits: Mapping[str, BucketLimits], *, prefix: str = "mp"
+    ) -> None:
+        self._redis = redis_client
+        self._limits = dict(limits)
+        self._prefix = prefix
+        # Keys and the fixed limit arguments per provider, encoded once: reserve is hot and
+        # the client passes bytes through without converting them on every call.
+        self._static: dict[str, tuple[bytes, ...]] = {}
+        for provider, lim in self._limits.items():
+            tokens_key, requests_key = self.keys_for(provider)
+            self._static[provider] = (
+                tokens_key.encode(),
+                requests_key.encode(),
+                b"%d" % lim.tpm,
+                b"%d" % lim.token_capacity,
+                b"%d" % lim.rpm,
+                b"%d" % lim.request_capacity,
+            )
+
+    # -- public surface ------------------------------------------------------------------
+
+    def limits_for(self, provider: str) -> BucketLimits | None:
+        """The provider's limits, or None when it is unlimited."""
+        return self._limits.get(provider)
+
+    def keys_for(self, provider: str) -> tuple[str, str]:
+        """The provider's token and request bucket keys (one hash tag, one cluster slot)."""
+        base = f"{self._prefix}:rl:{{{provider}}}"
+        return f"{base}:tokens", f"{base}:requests"
+
+    def reserve(
+        self, provider: str, tokens: int, *, requests: int = 1, now_ms: int | None = None
+    ) -> Decision:
+        """Debit `tokens` and `requests` from both buckets, or say how long to wait.
+
+        One Redis round trip. Unlimited providers are granted without touching Redis.
+        """
+        _check_count("tokens", tokens)
+        _check_count("requests", requests)
+        lim = self._limits.get(provider)
+        if lim is None:
+            return Decision(True, 0, False, Reservation(provider, tokens, requests))
+        if tokens > lim.token_capacity or requests > lim.request_capacity:
+            # Known from the limits alone: no need to ask Redis.
+            return Decision(False, 0, True, None)
+        wait_ms = self._run(provider, _RESERVE, now_ms, tokens, requests)
+        if wait_ms == 0:
+            return Decision(True, 0, False, Reservation(provider, tokens, requests))
+        if wait_ms < 0:
+            return Decision(False, 0, True, None)
+        return Decision(False, int(wait_ms), False, None)
+
+    def reconcile(
+        self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None
+    ) -> None:
+        """Settle a reservation with the tokens the provider actually counted.
+
+        Fewer than reserved: the difference is refunded (never past capacity).
+        More: the difference is debt; the level may go below zero and later calls wait.
+        """
+        _check_count("actual_tokens", actual_tokens)
+        if reservation.provider not in self._limits:
+            return
+        delta = actual_tokens - reservation.tokens
+        if delta == 0:
+            return
+        self._run(reservation.provider, _ADJUST, now_ms, delta, b"")
+
+    def lower(
+        self,
+        provider: str,
+        *,
+        remaining_tokens: int | None,
+        remaining_requests: int | None,
+        now_ms: int | None = None,
+    ) -> None:
+        """Take the provider's own remaining counts: each level becomes min(current, remaining).
+
+        Never raises a level: the provider cannot see our reservations still in flight.
+        """
+        if provider not in self._limits or (
+            remaining_tokens is None and remaining_requests is None
+        ):
+            return
+        tokens_arg = b"" if remaining_tokens is None else max(0, int(remaining_tokens))
+        requests_arg = b"" if remaining_requests is None else max(0, int(remaining_requests))
+        self._run(provider, _LOWER, now_ms, tokens_arg, requests_arg)
+
+    def drain(self, provider: str, *, now_ms: int | None = None) -> None:
+        """Empty both buckets (after a 429); existing debt is kept."""
+        if provider not in self._limits:
+            return
+        self._run(provider, _DRAIN, now_ms, b"", b"")
+
+    def status(self, provider: str, *, now_ms: int | None = None) -> BucketStatus:
+        """Current whole tokens and requests, without debiting.
+
+        Raises ValueError for an unlimited provider (it has no buckets; see `limits_for`).
+        """
+        lim = self._limits.get(provider)
+        if lim is None:
+            raise ValueError(f"provider {provider!r} has no rate limits configured")
+        wait_ms, token_level, request_level = self._run(provider, _PEEK, now_ms, b"", b"")
+        return BucketStatus(
+            provider=provider,
+            tokens=int(token_level) // UNITS_PER_TOKEN,
+            token_capacity=lim.token_capacity,
+            requests=int(request_level) // UNITS_PER_TOKEN,
+            request_capacity=lim.request_capacity,
+            wait_ms=int(wait_ms),
+        )
+
+    # -- script call ---------------------------------------------------------------------
+
+    def _run(self, provider: str, op: bytes, now_ms: int | None, a: Any, b: Any) -> Any:
+        """Run one op of the script: one round trip, plus a reload if Redis lost the script.
+
+        Returns the script's reply as is (see the top of `bucket.lua`).
+        """
+        if now_ms is not None:
+            _check_count("now_ms", now_ms)
+        tokens_key, requests_key, tpm, tcap, rpm, rcap = self._static[provider]
+        clock = b"" if now_ms is None else now_ms
+        args = (_SCRIPT_SHA, 2, tokens_key, requests_key, op, clock, tpm, tcap, rpm, rcap, a, b)
+        try:
+            try:
+                result = self._redis.execute_command("EVALSHA", *args)
+            except NoScriptError:
+                # Redis restarted or SCRIPT FLUSH ran: load once more and retry once.
+                self._redis.script_load(_SCRIPT)
+                result = self._redis.execute_command("EVALSHA", *args)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise LimiterUnavailable(
+                f"Redis is unreachable for the rate limiter ({type(exc).__name__}: {exc}); "
+                f"calls to {provider!r} cannot be admitted"
+            ) from exc
+        return result
+
+
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
