@@ -16,7 +16,13 @@ from masterplan import errors as E
 from masterplan.db import queries as q
 from masterplan.db.models import FINISHED, Job, JobStatus, RunStatus, utcnow
 from masterplan.llm.router import Attempt, Routed
-from masterplan.personas import PERSONA_KEYS, Stage, critique_request, persona_request, synthesis_request
+from masterplan.personas import (
+    PERSONA_KEYS,
+    Stage,
+    critique_request,
+    persona_request,
+    synthesis_request,
+)
 from masterplan.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -117,9 +123,9 @@ def run_persona(rt: Runtime, job_id: str, persona: str, *, errors_left: int = 2)
     def give_up(s: Any, reason: str) -> None:
         q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.FAILED, error=reason)
 
-    routed = _route(rt, job, persona, persona_request(persona, job.idea, job.context,
-                                                max_tokens=rt.settings.persona_max_tokens),
-                    errors_left, give_up)
+    request = persona_request(persona, job.idea, job.context,
+                              max_tokens=rt.settings.persona_max_tokens)
+    routed = _route(rt, job, persona, request, errors_left, give_up)
     if routed is None:
         return StepResult(persona, RunStatus.FAILED.value)
     c = routed.completion
@@ -164,8 +170,9 @@ def synthesize(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
                                  f"(need {needed}): {failed}")
             return StepResult(stage, JobStatus.FAILED.value)
 
-    routed = _route(rt, job, stage, synthesis_request(job.idea, job.context, findings,
-                                                         max_tokens=rt.settings.synthesis_max_tokens), errors_left,
+    request = synthesis_request(job.idea, job.context, findings,
+                                max_tokens=rt.settings.synthesis_max_tokens)
+    routed = _route(rt, job, stage, request, errors_left,
                     lambda s, why: _fail_job(s, job_id, f"synthesis failed: {why}"))
     if routed is None:
         return StepResult(stage, JobStatus.FAILED.value)
@@ -187,8 +194,8 @@ def critique(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
             return StepResult(stage, "skipped")
         if job.critique is not None:
             return StepResult(stage, "succeeded")
-    routed = _route(rt, job, stage, critique_request(job.idea, job.synthesis,
-                                                   max_tokens=rt.settings.critique_max_tokens), errors_left,
+    request = critique_request(job.idea, job.synthesis, max_tokens=rt.settings.critique_max_tokens)
+    routed = _route(rt, job, stage, request, errors_left,
                     lambda s, why: _fail_job(s, job_id, f"devil's advocate failed: {why}"))
     if routed is None:
         return StepResult(stage, JobStatus.FAILED.value)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from masterplan import errors as E
 from masterplan.llm import structured
 from masterplan.llm.base import Completion, LLMRequest, Provider, StreamItem
-from masterplan.llm.cooldowns import Cooldowns, CooldownKind
+from masterplan.llm.cooldowns import CooldownKind, Cooldowns
 from masterplan.ratelimit import Reservation, TokenBucketLimiter, reservation_tokens
 from masterplan.settings import ProviderConfig
 

@@ -17,7 +17,7 @@ from masterplan import errors as E
 from masterplan.llm.base import LLMRequest, Message, StreamEnd, StreamItem
 
 if TYPE_CHECKING:
-    from masterplan.llm.router import Attempt, Router, Routed
+    from masterplan.llm.router import Attempt, Routed, Router
 
 
 def stream_with_fallback(router: Router, request: LLMRequest, attempts: list[Attempt]) -> Iterator[StreamItem]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from masterplan.llm.base import Completion, LLMRequest, StreamEnd, StreamItem, Usage
 
-_IDEA = re.compile(r"Startup idea:\n(.+?)(?:\n\n|$)", re.S)
+_IDEA = re.compile(r"Startup idea:\n(.+?)(?:\n\n|$)", re.DOTALL)
 _SCHEMA = re.compile(r"Schema name: (\w+)")
 
 _ANGLES = {
