@@ -7,7 +7,13 @@ import sqlalchemy as sa
 
 from masterplan.db import queries as q
 from masterplan.db.models import RunStatus
-from masterplan.db.session import check_schema, head_revision, make_engine, make_sessionmaker, upgrade
+from masterplan.db.session import (
+    check_schema,
+    head_revision,
+    make_engine,
+    make_sessionmaker,
+    upgrade,
+)
 from masterplan.errors import SchemaBehindError
 
 

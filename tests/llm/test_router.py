@@ -234,3 +234,15 @@ def test_two_call_pattern_streams_text_then_returns_structure(fakes, redis_clien
     assert isinstance(items[-1], Routed) and isinstance(items[-1].completion.data, PersonaOutput)
     assert [a.outcome for a in attempts] == ["ok", "ok"]
     assert fakes["groq"].calls[0].streamed and not fakes["groq"].calls[1].streamed
+
+
+def test_an_unreachable_redis_defers_the_call_and_says_why(fakes, caplog) -> None:
+    import redis
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry_on_timeout=False)
+    router = build_router(make_settings(chain_env(fakes)), dead)
+    with caplog.at_level(logging.WARNING), pytest.raises(E.RetryLater) as exc:
+        router.route(REQ)
+    assert "Redis" in exc.value.reason and exc.value.wait_ms > 0
+    assert "call deferred" in caplog.text
+    assert sum(f.count() for f in fakes.values()) == 0  # nothing went through unmetered
