@@ -16,7 +16,7 @@ except ConfigError as _exc:  # a bad value stops start-up with one line naming t
     print(f"configuration error: {_exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
-from workers.celery_app import create_app  # noqa: E402
+from workers.celery_app import create_app
 
 app = create_app(_settings)
 celery = app

@@ -17,6 +17,10 @@ from typing import Any
 DEFAULT_IDEA = "a marketplace for used lab equipment"
 
 
+# The demo's stub answers after this long (unless STUB_LATENCY_MS is set), so progress is visible.
+DEMO_STUB_LATENCY_MS = "400"
+
+
 def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     from masterplan.errors import ConfigError
     from masterplan.logs import setup_logging
@@ -50,6 +54,7 @@ def demo(args: argparse.Namespace) -> int:
     from workers.render import progress_table, render_job
 
     console = Console()
+    os.environ.setdefault("STUB_LATENCY_MS", DEMO_STUB_LATENCY_MS)
     app, rt = _prepare(args)
     console.print(f"[dim]{'embedded default' if rt.settings.embedded else 'services'}: "
                   f"{chain_summary(rt.settings)}; database {rt.engine.url.render_as_string()}[/dim]")
@@ -70,6 +75,7 @@ def demo(args: argparse.Namespace) -> int:
                     if j.status in ("succeeded", "failed"):
                         break
                 time.sleep(0.05)
+        console.print()
         with rt.sessions() as s:
             j = q.get_job(s, job_id=job.id)
             render_job(console, j, q.persona_runs(s, job_id=job.id),

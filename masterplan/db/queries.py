@@ -138,8 +138,9 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
         )
         .where(c.job_id == job_id)
         .group_by(c.stage, c.provider)
-        .order_by(c.stage, c.provider)
     ).all()
+    order = {s: i for i, s in enumerate((*PERSONA_KEYS, "synthesis", "critique"))}
+    rows = sorted(rows, key=lambda r: (order.get(r[0], 99), r[0], r[1]))
     return [
         {"stage": r[0], "provider": r[1], "calls": r[2], "input_tokens": int(r[3]),
          "output_tokens": int(r[4]), "cost_usd": round(float(r[5]), 6), "wait_ms": int(r[6]),

@@ -103,20 +103,22 @@ class Router:
             except E.LimiterUnavailable as exc:
                 log.warning("could not reconcile %s's bucket: %s", route.config.name, exc)
 
-    def _on_error(self, route: Route, exc: E.ProviderError) -> None:
-        """Classified once by the adapter; here its consequence for every worker."""
+    def _on_error(self, route: Route, exc: E.ProviderError) -> int | None:
+        """Classified once by the adapter; here its consequence for every worker.
+        Returns the wait before this provider may be asked again, when that is worth waiting for."""
         name = route.config.name
         if isinstance(exc, (E.RateLimited, E.Overloaded)):
             wait = exc.retry_after_ms or (5000 if isinstance(exc, E.Overloaded) else 1000)
             self.limiter.drain(name)
             self.cooldowns.rate_limited(name, wait, f"{exc.outcome} ({exc.status})")
-        elif isinstance(exc, (E.ServerError, E.ProviderTimeout)):
+            return wait
+        if isinstance(exc, (E.ServerError, E.ProviderTimeout)):
             self.cooldowns.failed(name, exc.outcome)
+        elif isinstance(exc, E.QuotaExhausted) and exc.retry_after_ms:
+            self.cooldowns.rate_limited(name, exc.retry_after_ms, f"quota ({exc.status})")
         elif isinstance(exc, (E.AuthError, E.QuotaExhausted)):
-            if isinstance(exc, E.QuotaExhausted) and exc.retry_after_ms:
-                self.cooldowns.rate_limited(name, exc.retry_after_ms, f"quota ({exc.status})")
-            else:
-                self.cooldowns.disable(name, f"{exc.outcome} ({exc.status}): {exc}")
+            self.cooldowns.disable(name, f"{exc.outcome} ({exc.status}): {exc}")
+        return None
 
     def _call(self, route: Route, request: LLMRequest, attempts: list[Attempt],
               prev: str | None) -> Completion:
@@ -166,7 +168,9 @@ class Router:
                 continue
             except E.ProviderError as exc:
                 self._settle(route, reservation, 0)
-                self._on_error(route, exc)
+                wait = self._on_error(route, exc)
+                if wait is not None:
+                    waits.append(wait)
                 return None
             self._settle(route, reservation, completion.usage.total)
             if completion.rate_limit is not None:

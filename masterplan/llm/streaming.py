@@ -46,7 +46,9 @@ def stream_with_fallback(router: Router, request: LLMRequest, attempts: list[Att
         except (E.ProviderError, StopIteration) as exc:
             err = exc if isinstance(exc, E.ProviderError) else E.ServerError("empty stream")
             router._settle(route, reservation, 0)
-            router._on_error(route, err)
+            wait = router._on_error(route, err)
+            if wait is not None:
+                waits.append(wait)
             attempts.append(Attempt(cfg.name, cfg.model, err.outcome, error=str(err)[:500],
                                     error_class=type(err).__name__, fallback_from=prev))
             prev = cfg.name

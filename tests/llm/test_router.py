@@ -246,3 +246,31 @@ def test_an_unreachable_redis_defers_the_call_and_says_why(fakes, caplog) -> Non
     assert "Redis" in exc.value.reason and exc.value.wait_ms > 0
     assert "call deferred" in caplog.text
     assert sum(f.count() for f in fakes.values()) == 0  # nothing went through unmetered
+
+
+def test_the_providers_word_lowers_our_bucket_when_another_client_ate_the_quota(redis_client) -> None:
+    with FakeProvider(flavor="groq", api_key="sk-grq", tpm=6000, rpm=1000) as fake:
+        env = {"LLM_PROVIDERS": "groq", "GROQ_BASE_URL": fake.openai_base_url,
+               "GROQ_API_KEY": "sk-grq", "GROQ_TPM": "6000", "GROQ_RPM": "1000",
+               "PERSONA_MAX_TOKENS": "400"}
+        router = build_router(make_settings(env), redis_client)
+        small = persona_request("market", "an idea", None, max_tokens=400)
+        fake.consume(4800)  # another client of the same key, behind our back
+
+        assert router.route(small).completion.provider == "groq"
+
+        ours = router.limiter.status("groq").tokens
+        assert ours <= 6000 - 4800  # lowered to what the provider said remains, not our own count
+        # The next call does not fit what is left: we wait instead of collecting a 429.
+        with pytest.raises(E.RetryLater):
+            router.route(small)
+        assert fake.count(429) == 0 and fake.count() == 1
+
+
+def test_a_429_from_the_only_provider_means_retry_after_its_wait(fakes, redis_client) -> None:
+    router = router_for(fakes, redis_client, LLM_PROVIDERS="groq")
+    fakes["groq"].fail_next(status=429, retry_after_s=3)
+    with pytest.raises(E.RetryLater) as exc:
+        router.route(REQ)
+    assert 2_000 < exc.value.wait_ms <= 3_000
+    assert [a.outcome for a in exc.value.attempts] == ["rate_limited"]
