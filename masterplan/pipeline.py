@@ -8,14 +8,18 @@ A step that must wait raises RetryLater; the task turns that into `retry(countdo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from masterplan import errors as E
 from masterplan.db import queries as q
 from masterplan.db.models import FINISHED, Job, JobStatus, RunStatus, utcnow
-from masterplan.llm.router import Attempt, Routed
+from masterplan.llm.base import Completion, LLMRequest
+from masterplan.llm.router import Attempt
 from masterplan.personas import (
     PERSONA_KEYS,
     Stage,
@@ -75,9 +79,14 @@ def _transient(exc: E.AllProvidersFailed) -> bool:
     return any(a.outcome in TRANSIENT for a in exc.attempts)
 
 
-def _route(rt: Runtime, job: Job, stage: str, request: Any, errors_left: int,
-           on_give_up: Any) -> Routed | None:
-    """Route one call; record its attempts. None when the stage failed for good."""
+def _run_stage(rt: Runtime, job: Job, stage: str, request: LLMRequest, errors_left: int, *,
+               on_success: Callable[[Session, Completion], None],
+               on_give_up: Callable[[Session, str], None]) -> bool:
+    """Route one call and record its attempts with its outcome, in one transaction.
+
+    True: the stage succeeded. False: it failed for good (recorded by `on_give_up`).
+    Raises Deferred when it must run again later (the claim on a persona is handed back).
+    """
     request = replace(request, tags={**request.tags, "job_id": job.id})
     try:
         routed = rt.router.route(request)
@@ -86,7 +95,7 @@ def _route(rt: Runtime, job: Job, stage: str, request: Any, errors_left: int,
             q.record_calls(s, job_id=job.id, stage=stage, attempts=[*exc.attempts, _deferred_row(exc)])
             if _past_deadline(job, exc.wait_ms):
                 on_give_up(s, f"still waiting for providers at the job deadline ({exc.reason})")
-                return None
+                return False
             if stage in PERSONA_KEYS:
                 q.release_persona(s, job_id=job.id, persona=stage)
         raise Deferred(exc.wait_ms, exc.reason) from exc
@@ -96,11 +105,18 @@ def _route(rt: Runtime, job: Job, stage: str, request: Any, errors_left: int,
             if errors_left > 0 and _transient(exc) and not _past_deadline(job):
                 if stage in PERSONA_KEYS:
                     q.release_persona(s, job_id=job.id, persona=stage)
-                backoff = ERROR_BACKOFF_MS[min(len(ERROR_BACKOFF_MS), errors_left) - 1]
+                backoff = ERROR_BACKOFF_MS[max(-len(ERROR_BACKOFF_MS), -errors_left)]
                 raise Deferred(backoff, str(exc), is_error=True) from exc
             on_give_up(s, str(exc))
-        return None
-    return routed
+        return False
+    with rt.sessions.begin() as s:
+        q.record_calls(s, job_id=job.id, stage=stage, attempts=routed.attempts)
+        on_success(s, routed.completion)
+    return True
+
+
+def _output(c: Completion) -> dict[str, Any] | None:
+    return c.data.model_dump(mode="json") if c.data is not None else None
 
 
 def run_persona(rt: Runtime, job_id: str, persona: str, *, errors_left: int = 2) -> StepResult:
@@ -120,24 +136,21 @@ def run_persona(rt: Runtime, job_id: str, persona: str, *, errors_left: int = 2)
                              error="job deadline passed before this persona ran")
             return StepResult(persona, RunStatus.FAILED.value)
 
-    def give_up(s: Any, reason: str) -> None:
+    def stored(s: Session, c: Completion) -> None:
+        q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.SUCCEEDED,
+                         output=_output(c), provider=c.provider, model=c.model,
+                         latency_ms=c.latency_ms)
+
+    def give_up(s: Session, reason: str) -> None:
         q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.FAILED, error=reason)
 
     request = persona_request(persona, job.idea, job.context,
                               max_tokens=rt.settings.persona_max_tokens)
-    routed = _route(rt, job, persona, request, errors_left, give_up)
-    if routed is None:
-        return StepResult(persona, RunStatus.FAILED.value)
-    c = routed.completion
-    with rt.sessions.begin() as s:
-        q.record_calls(s, job_id=job_id, stage=persona, attempts=routed.attempts)
-        q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.SUCCEEDED,
-                         output=c.data.model_dump(mode="json") if c.data else None,
-                         provider=c.provider, model=c.model, latency_ms=c.latency_ms)
-    return StepResult(persona, RunStatus.SUCCEEDED.value)
+    ok = _run_stage(rt, job, persona, request, errors_left, on_success=stored, on_give_up=give_up)
+    return StepResult(persona, (RunStatus.SUCCEEDED if ok else RunStatus.FAILED).value)
 
 
-def _fail_job(s: Any, job_id: str, reason: str) -> None:
+def _fail_job(s: Session, job_id: str, reason: str) -> None:
     q.update_job(s, job_id=job_id, status=JobStatus.FAILED.value, error=reason, finished_at=utcnow())
 
 
@@ -172,16 +185,13 @@ def synthesize(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
 
     request = synthesis_request(job.idea, job.context, findings,
                                 max_tokens=rt.settings.synthesis_max_tokens)
-    routed = _route(rt, job, stage, request, errors_left,
-                    lambda s, why: _fail_job(s, job_id, f"synthesis failed: {why}"))
-    if routed is None:
-        return StepResult(stage, JobStatus.FAILED.value)
-    c = routed.completion
-    with rt.sessions.begin() as s:
-        q.record_calls(s, job_id=job_id, stage=stage, attempts=routed.attempts)
-        q.update_job(s, job_id=job_id, synthesis=c.data.model_dump(mode="json") if c.data else None,
-                     synthesis_provider=c.provider)
-    return StepResult(stage, "succeeded")
+    ok = _run_stage(
+        rt, job, stage, request, errors_left,
+        on_success=lambda s, c: q.update_job(s, job_id=job_id, synthesis=_output(c),
+                                             synthesis_provider=c.provider),
+        on_give_up=lambda s, why: _fail_job(s, job_id, f"synthesis failed: {why}"),
+    )
+    return StepResult(stage, "succeeded" if ok else JobStatus.FAILED.value)
 
 
 def critique(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
@@ -195,16 +205,13 @@ def critique(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
         if job.critique is not None:
             return StepResult(stage, "succeeded")
     request = critique_request(job.idea, job.synthesis, max_tokens=rt.settings.critique_max_tokens)
-    routed = _route(rt, job, stage, request, errors_left,
-                    lambda s, why: _fail_job(s, job_id, f"devil's advocate failed: {why}"))
-    if routed is None:
-        return StepResult(stage, JobStatus.FAILED.value)
-    c = routed.completion
-    with rt.sessions.begin() as s:
-        q.record_calls(s, job_id=job_id, stage=stage, attempts=routed.attempts)
-        q.update_job(s, job_id=job_id, critique=c.data.model_dump(mode="json") if c.data else None,
-                     critique_provider=c.provider)
-    return StepResult(stage, "succeeded")
+    ok = _run_stage(
+        rt, job, stage, request, errors_left,
+        on_success=lambda s, c: q.update_job(s, job_id=job_id, critique=_output(c),
+                                             critique_provider=c.provider),
+        on_give_up=lambda s, why: _fail_job(s, job_id, f"devil's advocate failed: {why}"),
+    )
+    return StepResult(stage, "succeeded" if ok else JobStatus.FAILED.value)
 
 
 def finalize(rt: Runtime, job_id: str) -> StepResult:

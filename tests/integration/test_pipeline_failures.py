@@ -107,3 +107,18 @@ def test_synthesis_waits_for_personas_the_database_says_are_running(make_stack) 
     with stack.runtime.sessions() as s:
         assert q.get_job(s, job_id=job.id).synthesis is not None
         assert all(r.status == RunStatus.SUCCEEDED.value for r in q.persona_runs(s, job_id=job.id))
+
+
+def test_a_transient_error_on_every_provider_is_retried_within_the_error_budget(make_stack, fake) -> None:
+    stack: Stack = make_stack({"LLM_PROVIDERS": "groq", "MIN_PERSONAS": "5", **fake_env("groq", fake)})
+    fake.fail_next(1, status=500)
+
+    job = stack.wait(stack.submit(), timeout=60)
+
+    assert job["status"] == "succeeded"
+    calls = stack.calls(job["id"])
+    failed = [c for c in calls if c.outcome == "server_error"]
+    assert len(failed) == 1
+    retried = [c for c in calls if c.stage == failed[0].stage]
+    assert [c.outcome for c in retried] == ["server_error", "ok"]
+    assert retried[1].created_at > retried[0].created_at

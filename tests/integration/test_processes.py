@@ -92,3 +92,19 @@ def test_the_api_refuses_to_start_without_keys_unless_auth_is_disabled() -> None
     ok = subprocess.run([sys.executable, "-c", "import api.main"], cwd=ROOT,
                         env=clean_env(AUTH_DISABLED="true"), capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_dev_serves_the_http_api_on_the_embedded_default(tmp_path: Path) -> None:
+    port = free_port()
+    dev = Proc([str(BIN / "masterplan"), "dev", "--port", str(port)], clean_env(), tmp_path / "dev.log",
+               cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz", proc=dev)
+        r = httpx.post(f"{base}/v1/jobs", json={"idea": "a tool library for apartment buildings"})
+        assert r.status_code == 202, r.text
+        job = wait_job(base, r.json()["id"], {})
+        assert job["status"] == "succeeded"
+        assert "authentication disabled" in dev.output()
+    finally:
+        dev.stop()

@@ -125,7 +125,7 @@ def hostname(worker_name: str) -> str:
     return f"{worker_name}@{socket.gethostname()}"
 
 
-def submit(base: str, key: str, n: int, idea: str = "a marketplace for used lab equipment") -> list[str]:
+def submit(base: str, key: str, n: int, idea: str = "used lab equipment") -> list[str]:
     ids = []
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=15) as c:
         for i in range(n):
@@ -178,9 +178,12 @@ def assert_each_job_completed_once(db_url: str, jobs: dict[str, Any]) -> None:
     assert set(per_job.values()) == {STAGES_PER_JOB} and len(per_job) == len(jobs), per_job
 
 
-def tasks_of(flower_tasks: dict[str, dict[str, Any]], job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+Task = dict[str, Any]
+
+
+def tasks_of(flower_tasks: dict[str, Task], job_ids: Iterable[str]) -> dict[str, list[Task]]:
     """Flower's task records grouped by job (tasks carry the job id in their kwargs)."""
-    by_job: dict[str, list[dict[str, Any]]] = {j: [] for j in job_ids}
+    by_job: dict[str, list[Task]] = {j: [] for j in job_ids}
     for task in flower_tasks.values():
         for job_id in by_job:
             if job_id in (task.get("kwargs") or ""):

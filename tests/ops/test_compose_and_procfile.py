@@ -29,10 +29,11 @@ DEPLOY_VARS = {"PORT", "WORKER_QUEUES", "WORKER_POOL", "WORKER_CONCURRENCY", "WO
                "FLOWER_PORT", "FLOWER_COOKIE_SECRET", "POSTGRES_USER", "POSTGRES_PASSWORD",
                "POSTGRES_DB", "REDIS_PASSWORD"}
 DOCS = ROOT / "docs" / "running-in-production.md"
+Compose = tuple[list[str], dict[str, str]]  # the command, and the environment to run it in
 
 
 @pytest.fixture(scope="module")
-def compose_cmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], dict[str, str]]]:
+def compose_cmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     """`docker compose` and a minimal environment to run it in (nothing of ours leaks in)."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path_factory.mktemp("home"))}
     docker = shutil.which("docker")
@@ -66,7 +67,7 @@ def example_with_secrets(**overrides: str) -> str:
     return text
 
 
-def compose_config(compose_cmd: tuple[list[str], dict[str, str]], tmp_path: Path,
+def compose_config(compose_cmd: Compose, tmp_path: Path,
                    dotenv_text: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     """`docker compose config` in a copy of the project's deploy files, with this .env."""
     cmd, env = compose_cmd
@@ -78,7 +79,7 @@ def compose_config(compose_cmd: tuple[list[str], dict[str, str]], tmp_path: Path
                           text=True, timeout=60)
 
 
-def services(compose_cmd: Any, tmp_path: Path, dotenv_text: str) -> dict[str, Any]:
+def services(compose_cmd: Compose, tmp_path: Path, dotenv_text: str) -> dict[str, Any]:
     r = compose_config(compose_cmd, tmp_path, dotenv_text, "--format", "json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)["services"]  # type: ignore[no-any-return]
@@ -97,7 +98,7 @@ def container_env(service: dict[str, Any], dotenv_values: dict[str, str]) -> dic
     return {**dotenv_values, **env}
 
 
-def test_without_its_secrets_compose_refuses_and_names_what_is_missing(compose_cmd, tmp_path) -> None:
+def test_without_secrets_compose_refuses_and_names_what_is_missing(compose_cmd, tmp_path) -> None:
     example = (ROOT / ".env.example").read_text()
     for name in SECRETS:  # shipped empty, never with a usable value
         assert re.search(rf"^{name}=$", example, re.M), f"{name} must be empty in .env.example"
@@ -184,49 +185,51 @@ def test_no_secret_is_written_in_the_compose_file(compose_cmd, tmp_path) -> None
         assert value not in text
 
 
-def _setting_names() -> set[str]:
+def _setting_names() -> tuple[set[str], set[str]]:
+    """The variables Settings reads: its fields, and every <NAME>_* of the known providers."""
     from masterplan.settings import KNOWN_PROVIDERS, Settings, _provider
 
-    names = {f.upper() for f in Settings.model_fields if f != "providers"}
-
     class Recorder(dict[str, str]):
-        asked: set[str] = set()
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: set[str] = set()
 
         def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
             self.asked.add(key)
             return super().get(key, default)
 
+    per_provider: set[str] = set()
     for provider in KNOWN_PROVIDERS:
-        _provider(provider, Recorder())  # every <NAME>_* variable the settings read
-    return names | Recorder.asked
+        env = Recorder()
+        _provider(provider, env)
+        per_provider |= env.asked
+    return {f.upper() for f in Settings.model_fields if f != "providers"}, per_provider
 
 
 def _names_used() -> dict[str, set[str]]:
     ref = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
     compose = (ROOT / "docker-compose.yml").read_text()
-    in_compose = {m for m in ref.findall(compose) if m != "HOSTNAME"}  # set by Docker itself
-    in_compose |= set(re.findall(r"^ {4}([A-Z][A-Z0-9_]*):", compose, re.M))
+    in_compose = set(ref.findall(compose)) - {"HOSTNAME"}  # HOSTNAME: set by Docker itself
+    in_compose |= set(re.findall(r"^ {4,6}([A-Z][A-Z0-9_]*):", compose, re.M))
+    example = (ROOT / ".env.example").read_text()
     return {
-        "Procfile": set(ref.findall(PROCFILE_TEXT())),
+        "Procfile": set(ref.findall((ROOT / "Procfile").read_text())),
         "docker-compose.yml": in_compose,
-        ".env.example": set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M)),
+        ".env.example": set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", example, re.M)),
     }
 
 
-def PROCFILE_TEXT() -> str:  # noqa: N802 - reads like the file it names
-    return (ROOT / "Procfile").read_text()
-
-
 def test_every_variable_is_a_setting_or_a_documented_process_variable() -> None:
-    settings = _setting_names()
-    known = settings | DEPLOY_VARS
+    fields, per_provider = _setting_names()
+    known = fields | per_provider | DEPLOY_VARS
     for where, names in _names_used().items():
+        assert names, where
         assert not names - known, f"{where} uses unknown variables: {sorted(names - known)}"
     docs = DOCS.read_text()
-    top_level = {n for n in settings if "_" not in n or not n.split("_")[0].lower() in
-                 __import__("masterplan.settings").settings.KNOWN_PROVIDERS}
-    undocumented = {n for n in top_level | DEPLOY_VARS if f"`{n}`" not in docs}
+    undocumented = {n for n in fields | DEPLOY_VARS if f"`{n}`" not in docs}
     assert not undocumented, f"not described in {DOCS.name}: {sorted(undocumented)}"
+    suffixes = {n.split("_", 1)[1] for n in per_provider if n.startswith("GROQ_")}
+    assert not {s for s in suffixes if f"_{s}`" not in docs}, "per-provider variables"
 
 
 def test_containers_receive_every_setting(compose_cmd, tmp_path) -> None:
