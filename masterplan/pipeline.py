@@ -100,15 +100,17 @@ def _run_stage(rt: Runtime, job: Job, stage: str, request: LLMRequest, errors_le
                 q.release_persona(s, job_id=job.id, persona=stage)
         raise Deferred(exc.wait_ms, exc.reason) from exc
     except E.AllProvidersFailed as exc:
+        retry = errors_left > 0 and _transient(exc) and not _past_deadline(job)
         with rt.sessions.begin() as s:
             q.record_calls(s, job_id=job.id, stage=stage, attempts=exc.attempts)
-            if errors_left > 0 and _transient(exc) and not _past_deadline(job):
-                if stage in PERSONA_KEYS:
-                    q.release_persona(s, job_id=job.id, persona=stage)
-                backoff = ERROR_BACKOFF_MS[max(-len(ERROR_BACKOFF_MS), -errors_left)]
-                raise Deferred(backoff, str(exc), is_error=True) from exc
-            on_give_up(s, str(exc))
-        return False
+            if not retry:
+                on_give_up(s, str(exc))
+                return False
+            if stage in PERSONA_KEYS:
+                q.release_persona(s, job_id=job.id, persona=stage)
+        # Raised after the commit: the ledger rows and the released claim must persist.
+        backoff = ERROR_BACKOFF_MS[max(-len(ERROR_BACKOFF_MS), -errors_left)]
+        raise Deferred(backoff, str(exc), is_error=True) from exc
     with rt.sessions.begin() as s:
         q.record_calls(s, job_id=job.id, stage=stage, attempts=routed.attempts)
         on_success(s, routed.completion)

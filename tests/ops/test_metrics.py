@@ -46,10 +46,10 @@ def _seed(rt: Any) -> None:
                      finished_at=now + timedelta(seconds=12))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def stack(request: pytest.FixtureRequest, any_db_url: str, redis_url: str) -> Iterator[Any]:
-    """The API app with /metrics, on a seeded database, three persona and two pipeline tasks
-    waiting on our Redis database (no worker consumes it)."""
+@pytest.fixture
+def stack(any_db_url: str, redis_url: str) -> Iterator[Any]:
+    """The API app with /metrics on a seeded database (SQLite, then PostgreSQL), and three
+    persona and two pipeline tasks waiting on our Redis database, which no worker consumes."""
     from fastapi.testclient import TestClient
 
     from api.factory import create_app
@@ -75,8 +75,11 @@ def stack(request: pytest.FixtureRequest, any_db_url: str, redis_url: str) -> It
     rt.close()
 
 
-def scrape(client: Any, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple[Any, ...]], float]:
-    r = client.get("/metrics", headers=headers or {"Authorization": f"Bearer {KEY}"})
+Samples = dict[tuple[str, tuple[Any, ...]], float]
+
+
+def scrape(client: Any, key: str | None = KEY) -> Samples:
+    r = client.get("/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -145,7 +148,7 @@ def test_an_unreachable_broker_is_reported_and_the_rest_still_served(any_db_url:
     app = create_app(runtime=rt)
     install(app)
     with TestClient(app) as client:
-        m = scrape(client, headers={})
+        m = scrape(client, key=None)  # AUTH_DISABLED: open
     rt.close()
     assert m[("masterplan_metrics_source_up", (("source", "broker"),))] == 0
     assert m[("masterplan_metrics_source_up", (("source", "database"),))] == 1
