@@ -81,6 +81,9 @@ class JobPublic(JobSummary):
     critique: dict[str, Any] | None
     critique_provider: str | None
     usage: Usage
+    degraded: bool = Field(
+        description="Some output came from a fallback provider, not the chain's first."
+    )
 
 
 class JobList(BaseModel):

@@ -6,19 +6,24 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy.orm import Session
 
 from api.deps import OwnerDep, RuntimeDep, SessionDep
 from api.schemas import JobCreate, JobList, JobPublic, JobSummary, PersonaPublic, Usage
 from masterplan.db import queries as q
 from masterplan.db.models import Job, JobStatus, utcnow
-from sqlalchemy.orm import Session
+from masterplan.runtime import Runtime
+from masterplan.settings import provider_chain
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def job_public(session: Session, job: Job) -> JobPublic:
+def job_public(session: Session, job: Job, primary: str) -> JobPublic:
+    """`primary` is the chain's first provider: an output from any other one is degraded."""
     by_stage = q.usage_by_stage(session, job_id=job.id)
+    runs = q.persona_runs(session, job_id=job.id)
+    used = {r.provider for r in runs} | {job.synthesis_provider, job.critique_provider}
     totals = {
         "input_tokens": sum(r["input_tokens"] for r in by_stage),
         "output_tokens": sum(r["output_tokens"] for r in by_stage),
@@ -29,14 +34,18 @@ def job_public(session: Session, job: Job) -> JobPublic:
         **JobSummary.model_validate(job, from_attributes=True).model_dump(),
         context=job.context,
         started_at=job.started_at,
-        personas=[PersonaPublic.model_validate(r, from_attributes=True)
-                  for r in q.persona_runs(session, job_id=job.id)],
+        personas=[PersonaPublic.model_validate(r, from_attributes=True) for r in runs],
         synthesis=job.synthesis,
         synthesis_provider=job.synthesis_provider,
         critique=job.critique,
         critique_provider=job.critique_provider,
         usage=Usage.model_validate({"by_stage": by_stage, "totals": totals}),
+        degraded=bool(used - {None, primary}),
     )
+
+
+def _primary(rt: Runtime) -> str:
+    return provider_chain(rt.settings)[0]
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
@@ -48,7 +57,7 @@ def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response)
                            deadline_s=rt.settings.job_deadline_s)
     try:
         enqueue(job.id)
-    except Exception as exc:  # noqa: BLE001 - the broker is down: keep the job, say why
+    except Exception as exc:
         reason = f"could not enqueue: broker unreachable ({type(exc).__name__})"
         log.error("job %s: %s", job.id, reason)
         with rt.sessions.begin() as session:
@@ -58,15 +67,15 @@ def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response)
                             f"job {job.id} was stored but {reason}; submit it again later") from exc
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     with rt.sessions() as session:
-        return job_public(session, q.get_job(session, job_id=job.id))  # type: ignore[arg-type]
+        return job_public(session, q.get_job(session, job_id=job.id), _primary(rt))  # type: ignore[arg-type]
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
+def read(job_id: str, owner: OwnerDep, session: SessionDep, rt: RuntimeDep) -> JobPublic:
     job = q.get_job(session, job_id=job_id, owner=owner)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} for this API key")
-    return job_public(session, job)
+    return job_public(session, job, _primary(rt))
 
 
 @router.get("", response_model=JobList)

@@ -20,6 +20,7 @@ def test_a_submitted_job_runs_to_a_stored_masterplan(make_stack) -> None:
     job = stack.wait(body["id"])
 
     assert job["status"] == "succeeded", job["error"]
+    assert not job["degraded"]
     assert [p["persona"] for p in job["personas"]] == ["market", "technical", "finance", "risk", "growth"]
     assert all(p["status"] == "succeeded" and p["provider"] == "stub" for p in job["personas"])
     assert "lab equipment" in job["personas"][0]["output"]["summary"]

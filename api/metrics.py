@@ -1,0 +1,282 @@
+"""GET /metrics: Prometheus metrics, computed at scrape time.
+
+The database is the source of truth that every worker on every machine writes to, so the job,
+persona and LLM figures are aggregates of its tables (`jobs`, `persona_runs`, the `llm_calls`
+ledger) rather than per-process counters that would have to be summed across workers and would
+reset on every restart. Queue depth comes from the broker (Redis `LLEN`): Flower has no
+queue-length metric. `install(app)` mounts the route; it takes the API's bearer keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, FastAPI, Response
+from kombu.transport.redis import PRIORITY_STEPS
+from kombu.transport.redis import Channel as RedisChannel
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from sqlalchemy.orm import Session
+
+from api.deps import RuntimeDep, current_owner
+from masterplan.db.models import Job, JobStatus, LLMCall, PersonaRun, RunStatus
+from masterplan.runtime import Runtime
+from workers.config import PERSONA_QUEUE, PIPELINE_QUEUE
+
+log = logging.getLogger(__name__)
+
+QUEUES = (PERSONA_QUEUE, PIPELINE_QUEUE)
+# Ledger rows that record a provider passed over without a call, and the task-level wait.
+SKIPPED = ("skipped_cooldown", "skipped_ratelimit", "never_fits")
+DEFERRED = "deferred"
+# Seconds. LLM calls take 0.5-60 s; persona runs and jobs include waits for rate limits.
+BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+
+
+Histogram = tuple[str, list[tuple[str, float]], float]
+
+
+def _histogram(session: Session, label: Any, seconds: Any, *where: Any) -> list[Histogram]:
+    """(label value, cumulative buckets, sum) per group, counted in SQL."""
+    cols = [sa.func.count(), sa.func.coalesce(sa.func.sum(seconds), 0.0)]
+    cols += [sa.func.count().filter(seconds <= le) for le in BUCKETS]
+    rows = session.execute(sa.select(label, *cols).where(*where).group_by(label)).all()
+    out = []
+    for value, count, total, *under in rows:
+        buckets = [(str(le), float(n)) for le, n in zip(BUCKETS, under, strict=True)]
+        out.append((str(value), buckets + [("+Inf", float(count))], float(total)))
+    return out
+
+
+def _seconds_between(session: Session, start: Any, end: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return sa.extract("epoch", end - start)
+    return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
+
+
+class DatabaseCollector:
+    """Jobs, persona runs and the LLM ledger, aggregated over every worker that ever wrote."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        with self.rt.sessions() as s:
+            yield from self._jobs(s)
+            yield from self._ledger(s)
+            yield from self._latencies(s)
+
+    def _jobs(self, s: Session) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("masterplan_jobs", "Jobs by status.", labels=["status"])
+        counts = dict(s.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)).all())
+        for status in JobStatus:
+            jobs.add_metric([status.value], counts.pop(status.value, 0))
+        for status, n in counts.items():
+            jobs.add_metric([status], n)
+        yield jobs
+        runs = GaugeMetricFamily("masterplan_persona_runs", "Persona runs by persona and status.",
+                                 labels=["persona", "status"])
+        for persona, status, n in s.execute(
+            sa.select(PersonaRun.persona, PersonaRun.status, sa.func.count())
+            .group_by(PersonaRun.persona, PersonaRun.status)
+        ).all():
+            runs.add_metric([persona, status], n)
+        yield runs
+
+    def _ledger(self, s: Session) -> Iterator[Metric]:
+        c = LLMCall
+        calls = CounterMetricFamily("masterplan_llm_calls", "LLM calls sent, by provider and "
+                                    "outcome (ok, rate_limited, timeout, ...).",
+                                    labels=["provider", "outcome"])
+        skipped = CounterMetricFamily("masterplan_llm_skipped", "Providers passed over without a "
+                                      "call: cooling down, bucket empty, or request too large.",
+                                      labels=["provider", "reason"])
+        limited = CounterMetricFamily("masterplan_llm_rate_limited", "429 responses received.",
+                                      labels=["provider"])
+        tokens = CounterMetricFamily("masterplan_llm_tokens", "Tokens billed, by provider and "
+                                     "direction.", labels=["provider", "direction"])
+        cost = CounterMetricFamily("masterplan_llm_cost_usd", "Cost in USD, by provider.",
+                                   labels=["provider"])
+        waits = CounterMetricFamily("masterplan_bucket_waits", "Steps put back to wait for a "
+                                    "provider's token bucket or cooldown.", labels=["provider"])
+        waited = CounterMetricFamily("masterplan_bucket_wait_seconds", "Time steps were put back "
+                                     "to wait for a token bucket or cooldown.", labels=["provider"])
+        rows = s.execute(
+            sa.select(c.provider, c.outcome, sa.func.count(),
+                      sa.func.coalesce(sa.func.sum(c.input_tokens), 0),
+                      sa.func.coalesce(sa.func.sum(c.output_tokens), 0),
+                      sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
+                      sa.func.coalesce(sa.func.sum(c.wait_ms), 0))
+            .group_by(c.provider, c.outcome)
+        ).all()
+        per_provider: dict[str, list[float]] = {}
+        for provider, outcome, n, tin, tout, usd, wait_ms in rows:
+            totals = per_provider.setdefault(provider, [0, 0, 0.0, 0, 0])
+            if outcome in SKIPPED:
+                skipped.add_metric([provider, outcome], n)
+            elif outcome == DEFERRED:
+                totals[3] += n
+                totals[4] += int(wait_ms)
+            else:
+                calls.add_metric([provider, outcome], n)
+                if outcome == "rate_limited":
+                    limited.add_metric([provider], n)
+            totals[0] += int(tin)
+            totals[1] += int(tout)
+            totals[2] += float(usd)
+        for provider, (tin, tout, usd, n_waits, wait_ms) in sorted(per_provider.items()):
+            if provider == "-":  # a deferral with no provider to blame
+                continue
+            tokens.add_metric([provider, "input"], tin)
+            tokens.add_metric([provider, "output"], tout)
+            cost.add_metric([provider], usd)
+            waits.add_metric([provider], n_waits)
+            waited.add_metric([provider], wait_ms / 1000)
+        yield from (calls, skipped, limited, tokens, cost, waits, waited)
+        fallbacks = CounterMetricFamily("masterplan_llm_fallbacks", "Calls answered by a provider "
+                                        "after the one before it in the chain could not.",
+                                        labels=["provider", "from_provider"])
+        for provider, prev, n in s.execute(
+            sa.select(c.provider, c.fallback_from, sa.func.count())
+            .where(c.outcome == "ok", c.fallback_from.is_not(None))
+            .group_by(c.provider, c.fallback_from)
+        ).all():
+            fallbacks.add_metric([provider, prev], n)
+        yield fallbacks
+
+    def _latencies(self, s: Session) -> Iterator[Metric]:
+        stage = HistogramMetricFamily(
+            "masterplan_stage_latency_seconds", "Latency of the LLM call that answered each "
+            "stage (the five personas, synthesis, critique).", labels=["stage"])
+        for value, buckets, total in _histogram(s, LLMCall.stage, LLMCall.latency_ms / 1000.0,
+                                                LLMCall.outcome == "ok"):
+            stage.add_metric([value], buckets, total)
+        yield stage
+        persona = HistogramMetricFamily(
+            "masterplan_persona_duration_seconds", "Persona runs from first claim to result, "
+            "waits for rate limits and fallbacks included.", labels=["persona"])
+        run_s = _seconds_between(s, PersonaRun.started_at, PersonaRun.finished_at)
+        for value, buckets, total in _histogram(
+            s, PersonaRun.persona, run_s, PersonaRun.finished_at.is_not(None),
+            PersonaRun.started_at.is_not(None),
+            PersonaRun.status.in_((RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)),
+        ):
+            persona.add_metric([value], buckets, total)
+        yield persona
+        job = HistogramMetricFamily("masterplan_job_duration_seconds", "Finished jobs from "
+                                    "submission to result.", labels=["status"])
+        job_s = _seconds_between(s, Job.created_at, Job.finished_at)
+        for value, buckets, total in _histogram(s, Job.status, job_s, Job.finished_at.is_not(None)):
+            job.add_metric([value], buckets, total)
+        yield job
+
+
+def _queue_keys(queue: str) -> list[str]:
+    """kombu's Redis transport keeps one list per priority step: `name`, `name\\x06\\x163`, ..."""
+    return [queue if p == 0 else f"{queue}{RedisChannel.sep}{p}" for p in PRIORITY_STEPS]
+
+
+class BrokerCollector:
+    """Messages waiting in each queue, and those delivered to workers but not yet acknowledged."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def _client(self) -> tuple[Any, bool]:
+        settings = self.rt.settings
+        if settings.broker_url == settings.redis_url:
+            return self.rt.redis, False
+        import redis
+
+        return redis.Redis.from_url(settings.broker_url, socket_timeout=5,
+                                    socket_connect_timeout=2), True
+
+    def collect(self) -> Iterator[Metric]:
+        client, owned = self._client()
+        try:
+            pipe = client.pipeline(transaction=False)
+            for queue in QUEUES:
+                for key in _queue_keys(queue):
+                    pipe.llen(key)
+            pipe.hlen(RedisChannel.unacked_key)
+            lengths = pipe.execute()
+        finally:
+            if owned:
+                client.close()
+        depth = GaugeMetricFamily("masterplan_queue_depth", "Tasks waiting in each broker queue.",
+                                  labels=["queue"])
+        steps = len(lengths[:-1]) // len(QUEUES)
+        for i, queue in enumerate(QUEUES):
+            depth.add_metric([queue], sum(lengths[i * steps:(i + 1) * steps]))
+        yield depth
+        yield GaugeMetricFamily("masterplan_broker_unacked", "Tasks delivered to workers and not "
+                                "yet acknowledged (running, reserved, or waiting for a retry "
+                                "countdown).", value=lengths[-1])
+
+
+class _Guarded:
+    """One source's metrics, or none and `masterplan_metrics_source_up{source} 0` if it fails:
+    a database hiccup must not hide the queue depth, nor the other way round."""
+
+    def __init__(self, name: str, collector: Any) -> None:
+        self.name = name
+        self.collector = collector
+        self.up = 0
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            metrics = list(self.collector.collect())
+        except Exception as exc:  # noqa: BLE001 - reported as a metric, and logged
+            log.warning("metrics: %s unavailable: %s: %s", self.name, type(exc).__name__, exc)
+            self.up = 0
+            return iter(())
+        self.up = 1
+        return iter(metrics)
+
+
+class _Up:
+    def __init__(self, sources: Sequence[_Guarded]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("masterplan_metrics_source_up", "1 if the source answered this "
+                               "scrape.", labels=["source"])
+        for source in self.sources:
+            up.add_metric([source.name], source.up)
+        yield up
+
+
+def render(runtime: Runtime) -> bytes:
+    """The Prometheus text exposition for this runtime's database and broker."""
+    sources = [_Guarded("database", DatabaseCollector(runtime))]
+    if runtime.settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        sources.append(_Guarded("broker", BrokerCollector(runtime)))
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in (*sources, _Up(sources)):  # _Up last: it reports how the others went
+        registry.register(collector)
+    return generate_latest(registry)
+
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(current_owner)])
+def metrics(rt: RuntimeDep) -> Response:
+    """Prometheus scrape endpoint (same bearer keys as the API; open when AUTH_DISABLED)."""
+    return Response(render(rt), media_type=CONTENT_TYPE_LATEST)
+
+
+def install(app: FastAPI) -> None:
+    """Mount GET /metrics on the app (once)."""
+    if getattr(app.state, "metrics_installed", False):
+        return
+    app.state.metrics_installed = True
+    app.include_router(router)
