@@ -56,7 +56,7 @@ def persona(self: Task, *, job_id: str, persona: str, errors: int = 0) -> dict[s
         return _step(self, pipeline.run_persona, job_id, errors, persona=persona)
     except Retry:
         raise
-    except Exception as exc:  # noqa: BLE001 - anything else is this persona's failure, not the job's
+    except Exception as exc:
         log.exception("persona %s of job %s crashed", persona, job_id)
         return pipeline.record_persona_crash(get_runtime(), job_id, persona, exc).as_dict()
 

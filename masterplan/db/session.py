@@ -40,7 +40,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # Enough connections for a threads-pool worker of a few dozen concurrent tasks.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
