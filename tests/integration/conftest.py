@@ -48,10 +48,16 @@ class Stack:
 @pytest.fixture(scope="session")
 def worker(redis_url: str, pg_migrated: str) -> Iterator[Any]:
     """One real Celery worker for the session, consuming both queues from Redis."""
+    from masterplan.runtime import build_runtime
     from workers import app
+    from workers import runtime as worker_runtime
     from workers.embedded import embedded_worker
 
     assert app.conf.broker_url == REDIS_URL
+    # The worker's start-up check must see the test database, not whatever DATABASE_URL says.
+    settings = make_settings({"REDIS_URL": REDIS_URL, "DATABASE_URL": pg_migrated})
+    worker_runtime.configure(settings)
+    worker_runtime.set_runtime(build_runtime(settings))
     with embedded_worker(app, concurrency=8, loglevel="WARNING", hostname="itest@localhost") as w:
         yield w
 
