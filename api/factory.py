@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, metrics
 from api.routes import health, jobs, providers
 from masterplan.errors import ConfigError, SchemaBehindError
 from masterplan.logs import setup_logging
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="Masterplan", version="0.1.0", lifespan=lifespan)
     app.state.api_keys = keys
     errors.install(app)
+    metrics.install(app)
     for r in (health.router, jobs.router, providers.router):
         app.include_router(r)
     return app

@@ -10,7 +10,8 @@ queue-length metric. `install(app)` mounts the route; it takes the API's bearer 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,11 +30,9 @@ from sqlalchemy.orm import Session
 from api.deps import RuntimeDep, current_owner
 from masterplan.db.models import Job, JobStatus, LLMCall, PersonaRun, RunStatus
 from masterplan.runtime import Runtime
-from workers.config import PERSONA_QUEUE, PIPELINE_QUEUE
 
 log = logging.getLogger(__name__)
 
-QUEUES = (PERSONA_QUEUE, PIPELINE_QUEUE)
 # Ledger rows that record a provider passed over without a call, and the task-level wait.
 SKIPPED = ("skipped_cooldown", "skipped_ratelimit", "never_fits")
 DEFERRED = "deferred"
@@ -46,7 +45,7 @@ Histogram = tuple[str, list[tuple[str, float]], float]
 
 def _histogram(session: Session, label: Any, seconds: Any, *where: Any) -> list[Histogram]:
     """(label value, cumulative buckets, sum) per group, counted in SQL."""
-    cols = [sa.func.count(), sa.func.coalesce(sa.func.sum(seconds), 0.0)]
+    cols: list[Any] = [sa.func.count(), sa.func.coalesce(sa.func.sum(seconds), 0.0)]
     cols += [sa.func.count().filter(seconds <= le) for le in BUCKETS]
     rows = session.execute(sa.select(label, *cols).where(*where).group_by(label)).all()
     out = []
@@ -60,6 +59,15 @@ def _seconds_between(session: Session, start: Any, end: Any) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return sa.extract("epoch", end - start)
     return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
+
+
+@dataclass
+class _Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    waits: int = 0
+    wait_ms: int = 0
 
 
 class DatabaseCollector:
@@ -76,19 +84,20 @@ class DatabaseCollector:
 
     def _jobs(self, s: Session) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("masterplan_jobs", "Jobs by status.", labels=["status"])
-        counts = dict(s.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)).all())
-        for status in JobStatus:
-            jobs.add_metric([status.value], counts.pop(status.value, 0))
-        for status, n in counts.items():
-            jobs.add_metric([status], n)
+        counts: dict[str, int] = dict(
+            s.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)).all())
+        for known in JobStatus:
+            jobs.add_metric([known.value], counts.pop(known.value, 0))
+        for other, n in counts.items():
+            jobs.add_metric([other], n)
         yield jobs
         runs = GaugeMetricFamily("masterplan_persona_runs", "Persona runs by persona and status.",
                                  labels=["persona", "status"])
-        for persona, status, n in s.execute(
+        for persona, run_status, n in s.execute(
             sa.select(PersonaRun.persona, PersonaRun.status, sa.func.count())
             .group_by(PersonaRun.persona, PersonaRun.status)
         ).all():
-            runs.add_metric([persona, status], n)
+            runs.add_metric([persona, run_status], n)
         yield runs
 
     def _ledger(self, s: Session) -> Iterator[Metric]:
@@ -117,29 +126,29 @@ class DatabaseCollector:
                       sa.func.coalesce(sa.func.sum(c.wait_ms), 0))
             .group_by(c.provider, c.outcome)
         ).all()
-        per_provider: dict[str, list[float]] = {}
+        per_provider: dict[str, _Totals] = {}
         for provider, outcome, n, tin, tout, usd, wait_ms in rows:
-            totals = per_provider.setdefault(provider, [0, 0, 0.0, 0, 0])
+            totals = per_provider.setdefault(provider, _Totals())
             if outcome in SKIPPED:
                 skipped.add_metric([provider, outcome], n)
             elif outcome == DEFERRED:
-                totals[3] += n
-                totals[4] += int(wait_ms)
+                totals.waits += n
+                totals.wait_ms += int(wait_ms)
             else:
                 calls.add_metric([provider, outcome], n)
                 if outcome == "rate_limited":
                     limited.add_metric([provider], n)
-            totals[0] += int(tin)
-            totals[1] += int(tout)
-            totals[2] += float(usd)
-        for provider, (tin, tout, usd, n_waits, wait_ms) in sorted(per_provider.items()):
+            totals.input_tokens += int(tin)
+            totals.output_tokens += int(tout)
+            totals.cost_usd += float(usd)
+        for provider, t in sorted(per_provider.items()):
             if provider == "-":  # a deferral with no provider to blame
                 continue
-            tokens.add_metric([provider, "input"], tin)
-            tokens.add_metric([provider, "output"], tout)
-            cost.add_metric([provider], usd)
-            waits.add_metric([provider], n_waits)
-            waited.add_metric([provider], wait_ms / 1000)
+            tokens.add_metric([provider, "input"], t.input_tokens)
+            tokens.add_metric([provider, "output"], t.output_tokens)
+            cost.add_metric([provider], t.cost_usd)
+            waits.add_metric([provider], t.waits)
+            waited.add_metric([provider], t.wait_ms / 1000)
         yield from (calls, skipped, limited, tokens, cost, waits, waited)
         fallbacks = CounterMetricFamily("masterplan_llm_fallbacks", "Calls answered by a provider "
                                         "after the one before it in the chain could not.",
@@ -149,7 +158,7 @@ class DatabaseCollector:
             .where(c.outcome == "ok", c.fallback_from.is_not(None))
             .group_by(c.provider, c.fallback_from)
         ).all():
-            fallbacks.add_metric([provider, prev], n)
+            fallbacks.add_metric([provider, str(prev)], n)
         yield fallbacks
 
     def _latencies(self, s: Session) -> Iterator[Metric]:
@@ -179,9 +188,11 @@ class DatabaseCollector:
         yield job
 
 
-def _queue_keys(queue: str) -> list[str]:
-    """kombu's Redis transport keeps one list per priority step: `name`, `name\\x06\\x163`, ..."""
-    return [queue if p == 0 else f"{queue}{RedisChannel.sep}{p}" for p in PRIORITY_STEPS]
+def _queue_keys(prefix: str, queue: str) -> list[str]:
+    """kombu's Redis transport keeps one list per priority step: `name`, `name\\x06\\x163`, ...,
+    each under the deployment's key prefix."""
+    return [f"{prefix}{queue}" if p == 0 else f"{prefix}{queue}{RedisChannel.sep}{p}"
+            for p in PRIORITY_STEPS]
 
 
 class BrokerCollector:
@@ -200,68 +211,63 @@ class BrokerCollector:
                                     socket_connect_timeout=2), True
 
     def collect(self) -> Iterator[Metric]:
+        # Imported here: importing `workers` builds the Celery app from the environment.
+        from workers.config import PERSONA_QUEUE, PIPELINE_QUEUE
+
+        prefix = f"{self.rt.settings.redis_key_prefix}:"
+        keys = {queue: _queue_keys(prefix, queue) for queue in (PERSONA_QUEUE, PIPELINE_QUEUE)}
         client, owned = self._client()
         try:
             pipe = client.pipeline(transaction=False)
-            for queue in QUEUES:
-                for key in _queue_keys(queue):
-                    pipe.llen(key)
-            pipe.hlen(RedisChannel.unacked_key)
-            lengths = pipe.execute()
+            for key in (k for queue_keys in keys.values() for k in queue_keys):
+                pipe.llen(key)
+            pipe.hlen(prefix + RedisChannel.unacked_key)
+            *lengths, unacked = pipe.execute()
         finally:
             if owned:
                 client.close()
         depth = GaugeMetricFamily("masterplan_queue_depth", "Tasks waiting in each broker queue.",
                                   labels=["queue"])
-        steps = len(lengths[:-1]) // len(QUEUES)
-        for i, queue in enumerate(QUEUES):
-            depth.add_metric([queue], sum(lengths[i * steps:(i + 1) * steps]))
+        each = iter(lengths)
+        for queue, queue_keys in keys.items():
+            depth.add_metric([queue], sum(next(each) for _ in queue_keys))
         yield depth
         yield GaugeMetricFamily("masterplan_broker_unacked", "Tasks delivered to workers and not "
                                 "yet acknowledged (running, reserved, or waiting for a retry "
-                                "countdown).", value=lengths[-1])
+                                "countdown).", value=unacked)
 
 
-class _Guarded:
-    """One source's metrics, or none and `masterplan_metrics_source_up{source} 0` if it fails:
-    a database hiccup must not hide the queue depth, nor the other way round."""
+class _Scrape:
+    """Every source's metrics, then `masterplan_metrics_source_up`. A source that fails is
+    reported 0 there and left out, so a database hiccup does not hide the queue depth, nor the
+    other way round."""
 
-    def __init__(self, name: str, collector: Any) -> None:
-        self.name = name
-        self.collector = collector
-        self.up = 0
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            metrics = list(self.collector.collect())
-        except Exception as exc:  # noqa: BLE001 - reported as a metric, and logged
-            log.warning("metrics: %s unavailable: %s: %s", self.name, type(exc).__name__, exc)
-            self.up = 0
-            return iter(())
-        self.up = 1
-        return iter(metrics)
-
-
-class _Up:
-    def __init__(self, sources: Sequence[_Guarded]) -> None:
+    def __init__(self, sources: dict[str, DatabaseCollector | BrokerCollector]) -> None:
         self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("masterplan_metrics_source_up", "1 if the source answered this "
                                "scrape.", labels=["source"])
-        for source in self.sources:
-            up.add_metric([source.name], source.up)
+        for name, source in self.sources.items():
+            try:
+                metrics = list(source.collect())
+            except Exception as exc:  # noqa: BLE001 - reported as a metric, and logged
+                log.warning("metrics: %s unavailable: %s: %s", name, type(exc).__name__, exc)
+                up.add_metric([name], 0)
+                continue
+            up.add_metric([name], 1)
+            yield from metrics
         yield up
 
 
 def render(runtime: Runtime) -> bytes:
     """The Prometheus text exposition for this runtime's database and broker."""
-    sources = [_Guarded("database", DatabaseCollector(runtime))]
+    sources: dict[str, DatabaseCollector | BrokerCollector] = {
+        "database": DatabaseCollector(runtime)}
     if runtime.settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        sources.append(_Guarded("broker", BrokerCollector(runtime)))
+        sources["broker"] = BrokerCollector(runtime)
     registry = CollectorRegistry(auto_describe=False)
-    for collector in (*sources, _Up(sources)):  # _Up last: it reports how the others went
-        registry.register(collector)
+    registry.register(_Scrape(sources))
     return generate_latest(registry)
 
 

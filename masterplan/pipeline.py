@@ -80,8 +80,8 @@ def _transient(exc: E.AllProvidersFailed) -> bool:
 
 
 def _run_stage(rt: Runtime, job: Job, stage: str, request: LLMRequest, errors_left: int, *,
-               on_success: Callable[[Session, Completion], None],
-               on_give_up: Callable[[Session, str], None]) -> bool:
+               on_success: Callable[[Session, Completion], object],
+               on_give_up: Callable[[Session, str], object]) -> bool:
     """Route one call and record its attempts with its outcome, in one transaction.
 
     True: the stage succeeded. False: it failed for good (recorded by `on_give_up`).
@@ -126,7 +126,8 @@ def run_persona(rt: Runtime, job_id: str, persona: str, *, errors_left: int = 2)
         job = q.get_job(s, job_id=job_id)
         if job is None:
             raise LookupError(f"job {job_id} not found")
-        claim = q.claim_persona(s, job_id=job_id, persona=persona, lease_s=PERSONA_LEASE_S)
+        claim = q.claim_persona(s, job_id=job_id, persona=persona, lease_s=PERSONA_LEASE_S,
+                                mark_running=job.status == JobStatus.QUEUED.value)
         if claim == "finished":
             status = next(r.status for r in q.persona_runs(s, job_id=job_id) if r.persona == persona)
             return StepResult(persona, status)
@@ -152,8 +153,9 @@ def run_persona(rt: Runtime, job_id: str, persona: str, *, errors_left: int = 2)
     return StepResult(persona, (RunStatus.SUCCEEDED if ok else RunStatus.FAILED).value)
 
 
-def _fail_job(s: Session, job_id: str, reason: str) -> None:
-    q.update_job(s, job_id=job_id, status=JobStatus.FAILED.value, error=reason, finished_at=utcnow())
+def _fail_job(s: Session, job_id: str, reason: str) -> bool:
+    return q.update_job(s, job_id=job_id, status=JobStatus.FAILED.value, error=reason,
+                        finished_at=utcnow())
 
 
 def synthesize(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
@@ -221,12 +223,18 @@ def finalize(rt: Runtime, job_id: str) -> StepResult:
         job = q.get_job(s, job_id=job_id)
         if job is None:
             raise LookupError(f"job {job_id} not found")
-        if job.status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+        status = job.status
+        if status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
             if job.synthesis is not None and job.critique is not None:
-                q.update_job(s, job_id=job_id, status=JobStatus.SUCCEEDED.value, finished_at=utcnow())
+                closed = q.update_job(s, job_id=job_id, status=JobStatus.SUCCEEDED.value,
+                                      finished_at=utcnow())
+                status = JobStatus.SUCCEEDED.value
             else:
-                _fail_job(s, job_id, "the pipeline ended without a synthesis and a critique")
-        status = q.get_job(s, job_id=job_id).status  # type: ignore[union-attr]
+                closed = _fail_job(s, job_id,
+                                   "the pipeline ended without a synthesis and a critique")
+                status = JobStatus.FAILED.value
+            if not closed:  # closed by another step in the meantime: read what it wrote
+                status = q.get_job(s, job_id=job_id).status  # type: ignore[union-attr]
     log.info("job %s finished: %s", job_id, status)
     return StepResult("finalize", status)
 

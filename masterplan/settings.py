@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     redis_url: str | None = None
+    # Prefix of every Redis key the system writes (buckets, cooldowns, broker queues), so that
+    # several deployments or test runs can share one Redis.
+    redis_key_prefix: str = Field("mp", pattern=r"^[A-Za-z0-9_.-]+$")
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
     database_url: str = "sqlite:///./masterplan.db"
@@ -139,7 +142,7 @@ class Settings(BaseSettings):
         raise KeyError(name)
 
 
-def _env_lookup(environ: Mapping[str, str], env_file: str | None) -> dict[str, str]:
+def env_lookup(environ: Mapping[str, str], env_file: str | None) -> dict[str, str]:
     merged: dict[str, str] = {}
     if env_file and os.path.exists(env_file):
         from dotenv import dotenv_values
@@ -218,7 +221,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None, *, env_file: str | None = ".env", **overrides: object
 ) -> Settings:
     """Build the settings from the environment (and `.env`). Raises ConfigError naming the variable."""
-    env = _env_lookup(os.environ if environ is None else environ, env_file)
+    env = env_lookup(os.environ if environ is None else environ, env_file)
     try:
         values = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
         values.pop("providers", None)

@@ -24,8 +24,12 @@ def _redis_url(db: int) -> str:
 
 
 REDIS_URL = _redis_url(TEST_REDIS_DB)
-# The Celery app reads REDIS_URL when `workers` is first imported.
+# Every Redis key of this run (queues, buckets, cooldowns) starts with this prefix, so two test
+# runs on one machine, or a run beside a real deployment, never see each other's keys.
+RUN_PREFIX = f"mptest-{uuid.uuid4().hex[:8]}"
+# The Celery app reads these when `workers` is first imported; child processes inherit them.
 os.environ["REDIS_URL"] = REDIS_URL
+os.environ["REDIS_KEY_PREFIX"] = RUN_PREFIX
 os.environ.pop("CELERY_BROKER_URL", None)
 os.environ.pop("CELERY_RESULT_BACKEND", None)
 
@@ -41,7 +45,8 @@ def unavailable(what: str, why: object) -> None:
 def make_settings(env: dict[str, str] | None = None, **overrides: Any) -> Any:
     from masterplan.settings import load_settings
 
-    return load_settings(dict(env or {}), env_file=None, **overrides)
+    return load_settings({"REDIS_KEY_PREFIX": RUN_PREFIX, **(env or {})}, env_file=None,
+                         **overrides)
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +72,12 @@ def redis_client(redis_url: str) -> Iterator[Any]:
 
 
 def _forget_limits(client: Any) -> None:
-    # Only the limiter's and cooldowns' keys: flushing the database would also drop kombu's
+    # Only this run's buckets and cooldowns: flushing the database would also drop kombu's
     # queue bindings under a running worker.
-    keys = list(client.scan_iter("mp:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    for pattern in (f"{RUN_PREFIX}:rl:*", f"{RUN_PREFIX}:cd:*"):
+        keys = list(client.scan_iter(pattern, count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 def _pg_admin_url() -> str:
@@ -138,3 +144,19 @@ def any_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
         return
     with fresh_pg_database("mp_any") as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_this_runs_redis_keys() -> Iterator[None]:
+    yield
+    import redis
+
+    for db in range(16):
+        try:
+            client = redis.Redis.from_url(_redis_url(db), socket_connect_timeout=1)
+            keys = list(client.scan_iter(f"{RUN_PREFIX}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+        except redis.RedisError:
+            return

@@ -48,7 +48,8 @@ class Proc:
         return self.popen.pid
 
     def output(self) -> str:
-        self._fh.flush()
+        if not self._fh.closed:
+            self._fh.flush()
         return self.log.read_text(errors="replace")
 
     def wait_for_text(self, text: str, timeout: float = 30) -> None:

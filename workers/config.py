@@ -39,7 +39,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         # Persona calls (long, rate-limited) and the rest can get their own workers.
-        "task_queues": (Queue(PERSONA_QUEUE), Queue(PIPELINE_QUEUE)),
+        "task_queues": (Queue(PERSONA_QUEUE, routing_key=PERSONA_QUEUE),
+                        Queue(PIPELINE_QUEUE, routing_key=PIPELINE_QUEUE)),
         "task_default_queue": PIPELINE_QUEUE,
         "task_routes": {"masterplan.persona": {"queue": PERSONA_QUEUE}},
         "worker_hijack_root_logger": False,
@@ -48,6 +49,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # kombu's memory transport polls once a second by default: ~1 s per hop.
         conf["broker_transport_options"] = {"polling_interval": 0.005}
     else:
-        conf["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+        conf["broker_transport_options"] = {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "global_keyprefix": f"{settings.redis_key_prefix}:",
+        }
         conf["result_backend_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     return conf

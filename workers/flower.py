@@ -66,14 +66,14 @@ def flower_argv(env: Mapping[str, str], basic_auth: str | None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from masterplan.settings import _env_lookup, load_settings
+    from masterplan.settings import env_lookup, load_settings
 
     extra = list(sys.argv[1:] if argv is None else argv)
     try:
         settings = load_settings()
-        env = _env_lookup(os.environ, ".env")
+        env = env_lookup(os.environ, ".env")
         auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None
-        if settings.embedded:
+        if settings.broker_url.startswith("memory://"):
             raise ConfigError("REDIS_URL is not set: Flower watches the broker that separate "
                               "workers share, and the embedded mode has none")
         if auth is None and not settings.auth_disabled:

@@ -41,7 +41,7 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # Enough connections for a threads-pool worker of a few dozen concurrent tasks.
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

