@@ -225,7 +225,7 @@ def load_settings(
     try:
         values = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
         values.pop("providers", None)
-        settings = Settings(**{**values, **overrides})
+        settings = Settings.model_validate({**values, **overrides})
     except ValidationError as exc:
         err = exc.errors()[0]
         var = str(err["loc"][0]).upper() if err["loc"] else "settings"

@@ -70,6 +70,7 @@ def demo(args: argparse.Namespace) -> int:
             while True:
                 with rt.sessions() as s:
                     j = q.get_job(s, job_id=job.id)
+                    assert j is not None
                     runs = q.persona_runs(s, job_id=job.id)
                     live.update(progress_table(j, runs, time.perf_counter() - started))
                     if j.status in ("succeeded", "failed"):
@@ -78,6 +79,7 @@ def demo(args: argparse.Namespace) -> int:
         console.print()
         with rt.sessions() as s:
             j = q.get_job(s, job_id=job.id)
+            assert j is not None
             render_job(console, j, q.persona_runs(s, job_id=job.id),
                        q.usage_by_stage(s, job_id=job.id), rt.settings)
     rt.close()
