@@ -30,7 +30,8 @@ from pydantic import BaseModel, SecretStr
 
 from masterplan.errors import ProviderError
 from masterplan.llm.base import Completion, LLMRequest, StreamEnd, StreamItem, Usage
-from masterplan.llm.classify import from_anthropic_error, rate_limit_info, request_id_from_headers
+from masterplan.llm.classify import from_anthropic_error, request_id_from_headers
+from masterplan.llm.wire import rate_limit_info
 
 __all__ = ["NO_KEY", "AnthropicProvider", "tool_for"]
 

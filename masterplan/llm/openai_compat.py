@@ -26,7 +26,8 @@ from pydantic import SecretStr
 
 from masterplan.errors import ProviderError
 from masterplan.llm.base import Completion, LLMRequest, StreamEnd, StreamItem, Usage
-from masterplan.llm.classify import from_openai_error, rate_limit_info, request_id_from_headers
+from masterplan.llm.classify import from_openai_error, request_id_from_headers
+from masterplan.llm.wire import rate_limit_info
 
 __all__ = ["JSON_MODES", "NO_KEY", "OpenAICompatProvider"]
 

@@ -24,12 +24,10 @@ from masterplan.llm.classify import (
     classify_status,
     from_anthropic_error,
     from_openai_error,
-    parse_duration_ms,
-    rate_limit_info,
     redact,
     request_id_from_headers,
-    retry_after_ms,
 )
+from masterplan.llm.wire import parse_duration_ms, rate_limit_info, retry_after_ms
 
 NOW = 1_750_000_000.0  # a fixed clock for date-based headers
 
