@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from masterplan import errors as E
 from masterplan.llm import structured
-from masterplan.llm.base import Completion, LLMRequest, Provider, StreamItem
-from masterplan.llm.cooldowns import CooldownKind, Cooldowns
+from masterplan.llm.base import Completion, LLMRequest, Provider, StreamEnd, StreamItem
+from masterplan.llm.cooldowns import CooldownKind, Cooldowns, ProviderState
 from masterplan.ratelimit import Reservation, TokenBucketLimiter, reservation_tokens
 from masterplan.settings import ProviderConfig
 
@@ -188,8 +188,10 @@ class Router:
         finally:
             _log_attempts(request, attempts)
 
-    def _route(self, request: LLMRequest, attempts: list[Attempt]) -> Routed:
-        waits: list[int] = []
+    def _available(self, attempts: list[Attempt], waits: list[int]
+                   ) -> Iterator[tuple[Route, ProviderState, str | None]]:
+        """The chain in order, skipping (and recording) providers that are cooling down.
+        Yields each provider with the one tried or skipped before it."""
         try:
             states = self.cooldowns.snapshot(self.chain)
         except E.LimiterUnavailable as exc:
@@ -199,32 +201,79 @@ class Router:
         for route in self.routes:
             name = route.config.name
             state = states[name]
-            if not state.available:
+            if state.available:
+                yield route, state, prev
+            else:
                 attempts.append(Attempt(name, route.config.model, "skipped_cooldown",
                                         wait_ms=state.cooling_ms, error=state.reason,
                                         fallback_from=prev))
                 if state.kind is not CooldownKind.DISABLED:
                     waits.append(state.cooling_ms)
-                prev = name
-                continue
+            prev = name
+
+    @staticmethod
+    def _nobody_answered(attempts: list[Attempt], waits: list[int]) -> E.MasterplanError:
+        if waits:
+            return E.RetryLater(min(waits), "every provider is cooling down or rate limited",
+                                attempts)
+        return E.AllProvidersFailed(_reasons(attempts), attempts)
+
+    def _route(self, request: LLMRequest, attempts: list[Attempt]) -> Routed:
+        waits: list[int] = []
+        for route, state, prev in self._available(attempts, waits):
             completion = self._try(route, request, attempts, waits, prev)
             if completion is not None:
                 if state.failures:
-                    self.cooldowns.succeeded(name)
+                    self.cooldowns.succeeded(route.config.name)
                 return Routed(completion, attempts)
-            prev = name
-        if waits:
-            raise E.RetryLater(min(waits), "every provider is cooling down or rate limited",
-                               attempts)
-        raise E.AllProvidersFailed(_reasons(attempts), attempts)
+        raise self._nobody_answered(attempts, waits)
 
     def complete(self, request: LLMRequest) -> Completion:
         return self.route(request).completion
 
-    def stream(self, request: LLMRequest) -> Iterator[StreamItem]:
-        from masterplan.llm.streaming import stream_with_fallback
+    def stream(self, request: LLMRequest, attempts: list[Attempt] | None = None
+               ) -> Iterator[StreamItem]:
+        """Text chunks from the first provider that produces one, then a StreamEnd.
 
-        return stream_with_fallback(self, request, [])
+        A provider may be replaced only before its first chunk: after that the reader has seen
+        its text, and splicing in another provider's answer would be worse than a clear error,
+        so a later failure raises StreamInterrupted carrying the partial text.
+        """
+        attempts = [] if attempts is None else attempts
+        waits: list[int] = []
+        for route, _, prev in self._available(attempts, waits):
+            reservation = self._admit(route, request, attempts, waits, prev)
+            if reservation is None:
+                continue
+            cfg = route.config
+            started = time.perf_counter()
+            partial: list[str] = []
+            try:
+                for item in route.provider.stream(request):
+                    if isinstance(item, StreamEnd):
+                        u = item.usage
+                        self._settle(route, reservation, u.total)
+                        attempts.append(Attempt(
+                            cfg.name, item.model or cfg.model, "ok", u.input_tokens,
+                            u.output_tokens, cfg.cost_usd(u.input_tokens, u.output_tokens),
+                            int((time.perf_counter() - started) * 1000), fallback_from=prev,
+                        ))
+                    else:
+                        partial.append(item)
+                    yield item
+                if partial:
+                    return
+                raise E.ServerError("the stream ended without any text", provider=cfg.name)
+            except E.ProviderError as exc:
+                self._settle(route, reservation, 0)
+                wait = self._on_error(route, exc)
+                if wait is not None:
+                    waits.append(wait)
+                attempts.append(Attempt(cfg.name, cfg.model, exc.outcome, error=str(exc)[:500],
+                                        error_class=type(exc).__name__, fallback_from=prev))
+                if partial:
+                    raise E.StreamInterrupted(cfg.name, "".join(partial), exc) from exc
+        raise self._nobody_answered(attempts, waits)
 
 
 def _log_attempts(request: LLMRequest, attempts: list[Attempt]) -> None:
