@@ -250,20 +250,22 @@ class Router:
             partial: list[str] = []
             try:
                 for item in route.provider.stream(request):
-                    if isinstance(item, StreamEnd):
-                        u = item.usage
-                        self._settle(route, reservation, u.total)
-                        attempts.append(Attempt(
-                            cfg.name, item.model or cfg.model, "ok", u.input_tokens,
-                            u.output_tokens, cfg.cost_usd(u.input_tokens, u.output_tokens),
-                            int((time.perf_counter() - started) * 1000), fallback_from=prev,
-                        ))
-                    else:
+                    if not isinstance(item, StreamEnd):
                         partial.append(item)
+                        yield item
+                        continue
+                    if not partial:
+                        raise E.ServerError("the stream ended without any text", provider=cfg.name)
+                    u = item.usage
+                    self._settle(route, reservation, u.total)
+                    attempts.append(Attempt(
+                        cfg.name, item.model or cfg.model, "ok", u.input_tokens,
+                        u.output_tokens, cfg.cost_usd(u.input_tokens, u.output_tokens),
+                        int((time.perf_counter() - started) * 1000), fallback_from=prev,
+                    ))
                     yield item
-                if partial:
                     return
-                raise E.ServerError("the stream ended without any text", provider=cfg.name)
+                raise E.ServerError("the stream ended before its usage", provider=cfg.name)
             except E.ProviderError as exc:
                 self._settle(route, reservation, 0)
                 wait = self._on_error(route, exc)
