@@ -239,7 +239,7 @@ def test_two_call_pattern_streams_text_then_returns_structure(fakes, redis_clien
 def test_an_unreachable_redis_defers_the_call_and_says_why(fakes, caplog) -> None:
     import redis
 
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry_on_timeout=False)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     router = build_router(make_settings(chain_env(fakes)), dead)
     with caplog.at_level(logging.WARNING), pytest.raises(E.RetryLater) as exc:
         router.route(REQ)
