@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import OwnerDep, RuntimeDep, SessionDep
@@ -48,16 +49,45 @@ def _primary(rt: Runtime) -> str:
     return provider_chain(rt.settings)[0]
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=128, description="Resubmitting with the same key returns the same job."),
+]
+
+
+def _replay(job: Job, body: JobCreate) -> None:
+    if job.idea != body.idea or (job.context or None) != (body.context or None):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"Idempotency-Key was already used for job {job.id} with a different idea or "
+            "context; use a new key for a new submission",
+        )
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response) -> JobPublic:
+def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response,
+           idempotency_key: IdempotencyKey = None) -> JobPublic:
+    """Store the job, then enqueue it. With an Idempotency-Key, a retry returns the first job
+    (200) instead of creating another."""
     from tasks.pipeline import enqueue
 
-    with rt.sessions.begin() as session:
-        job = q.create_job(session, owner=owner, idea=body.idea, context=body.context,
-                           deadline_s=rt.settings.job_deadline_s)
+    try:
+        with rt.sessions.begin() as session:
+            job = q.create_job(session, owner=owner, idea=body.idea, context=body.context,
+                               deadline_s=rt.settings.job_deadline_s,
+                               idempotency_key=idempotency_key)
+    except IntegrityError:
+        with rt.sessions() as session:
+            job = q.job_by_idempotency_key(session, owner=owner, key=idempotency_key or "")
+            if job is None:
+                raise
+            _replay(job, body)
+            response.status_code = status.HTTP_200_OK
+            response.headers["Location"] = f"/v1/jobs/{job.id}"
+            return job_public(session, job, _primary(rt))
     try:
         enqueue(job.id)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the broker is down: keep the job, say why
         reason = f"could not enqueue: broker unreachable ({type(exc).__name__})"
         log.error("job %s: %s", job.id, reason)
         with rt.sessions.begin() as session:

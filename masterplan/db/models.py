@@ -54,8 +54,13 @@ class Job(Base):
     synthesis_provider: Mapped[str | None] = mapped_column(sa.String(64))
     critique: Mapped[dict[str, Any] | None]
     critique_provider: Mapped[str | None] = mapped_column(sa.String(64))
+    # A client's retry of the same submission (Idempotency-Key header) finds this job.
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(128))
 
-    __table_args__ = (sa.Index("ix_jobs_owner_created", "owner", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_jobs_owner_created", "owner", "created_at"),
+        sa.UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+    )
 
 
 class PersonaRun(Base):

@@ -17,11 +17,13 @@ from masterplan.personas import PERSONA_KEYS
 
 
 def create_job(
-    session: Session, *, owner: str, idea: str, context: dict[str, Any] | None, deadline_s: int
+    session: Session, *, owner: str, idea: str, context: dict[str, Any] | None, deadline_s: int,
+    idempotency_key: str | None = None,
 ) -> Job:
     now = utcnow()
     job = Job(
         id=str(uuid.uuid4()), owner=owner, idea=idea, context=context,
+        idempotency_key=idempotency_key,
         status=JobStatus.QUEUED.value, created_at=now, deadline_at=now + timedelta(seconds=deadline_s),
     )
     session.add(job)
@@ -37,6 +39,12 @@ def get_job(session: Session, *, job_id: str, owner: str | None = None) -> Job |
     if owner is not None:
         stmt = stmt.where(Job.owner == owner)
     return session.scalars(stmt).one_or_none()
+
+
+def job_by_idempotency_key(session: Session, *, owner: str, key: str) -> Job | None:
+    return session.scalars(
+        sa.select(Job).where(Job.owner == owner, Job.idempotency_key == key)
+    ).one_or_none()
 
 
 def list_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> Sequence[Job]:

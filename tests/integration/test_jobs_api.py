@@ -93,3 +93,23 @@ def test_health_and_readiness(make_stack) -> None:
     assert stack.client.get("/healthz").json() == {"status": "ok"}
     ready = stack.client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+def test_an_idempotency_key_makes_a_retried_submission_return_the_first_job(make_stack) -> None:
+    stack: Stack = make_stack()
+    body = {"idea": "a retried submission"}
+    key = {"Idempotency-Key": "req-7f3a"}
+    first = stack.client.post("/v1/jobs", json=body, headers=AUTH_A | key)
+    again = stack.client.post("/v1/jobs", json=body, headers=AUTH_A | key)
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == first.headers["location"]
+    other_owner = stack.client.post("/v1/jobs", json=body, headers=AUTH_B | key)
+    assert other_owner.status_code == 202 and other_owner.json()["id"] != first.json()["id"]
+    changed = stack.client.post("/v1/jobs", json={"idea": "something else"}, headers=AUTH_A | key)
+    assert changed.status_code == 409 and "different idea" in changed.json()["detail"]
+    too_long = stack.client.post("/v1/jobs", json=body, headers=AUTH_A | {"Idempotency-Key": "k" * 129})
+    assert too_long.status_code == 422
+    stack.wait(first.json()["id"])
+    stack.wait(other_owner.json()["id"], headers=AUTH_B)
