@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors, metrics
-from api.routes import health, jobs, providers
+from api.routes import events, health, jobs, providers
 from masterplan.errors import ConfigError, SchemaBehindError
 from masterplan.logs import setup_logging
 from masterplan.runtime import Runtime, build_runtime
@@ -58,6 +58,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.api_keys = keys
     errors.install(app)
     metrics.install(app)
-    for r in (health.router, jobs.router, providers.router):
+    for r in (health.router, jobs.router, events.router, providers.router):
         app.include_router(r)
     return app

@@ -113,3 +113,24 @@ def test_an_idempotency_key_makes_a_retried_submission_return_the_first_job(make
     assert too_long.status_code == 422
     stack.wait(first.json()["id"])
     stack.wait(other_owner.json()["id"], headers=AUTH_B)
+
+
+def test_progress_streams_as_server_sent_events_until_the_job_is_done(make_stack) -> None:
+    import json
+
+    stack: Stack = make_stack({"STUB_LATENCY_MS": "150"})
+    job_id = stack.submit("live progress please")
+    events = []
+    with stack.client.stream("GET", f"/v1/jobs/{job_id}/events", headers=AUTH_A) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded"
+    assert events[-1][1]["synthesis"] == "stub" and events[-1][1]["critique"] == "stub"
+    assert len([e for e in events if e[0] == "progress"]) >= 2  # it changed while we watched
+    assert stack.client.get(f"/v1/jobs/{job_id}/events", headers=AUTH_B).status_code == 404
