@@ -71,7 +71,9 @@ def persona(key: str) -> Persona:
     try:
         return _BY_KEY[key]
     except KeyError:
-        raise ValueError(f"unknown persona {key!r}; expected one of {', '.join(PERSONA_KEYS)}")
+        raise ValueError(
+            f"unknown persona {key!r}; expected one of {', '.join(PERSONA_KEYS)}"
+        ) from None
 
 
 def _idea_block(idea: str, context: dict[str, Any] | None) -> str:

@@ -46,7 +46,7 @@ def _step(task: Task, fn: Any, job_id: str, errors: int, **kw: Any) -> dict[str,
     except pipeline.Deferred as d:
         log.info("%s for job %s waits %d ms: %s", task.name, job_id, d.wait_ms, d.reason)
         raise task.retry(countdown=countdown(d.wait_ms), max_retries=None,
-                         kwargs={**kw, "job_id": job_id, "errors": errors + int(d.is_error)})
+                         kwargs={**kw, "job_id": job_id, "errors": errors + int(d.is_error)}) from d
 
 
 @app.task(bind=True, name="masterplan.persona", max_retries=None)
@@ -78,7 +78,8 @@ def finalize(self: Task, _prev: Any = None, *, job_id: str) -> dict[str, str]:
 
 def masterplan_canvas(job_id: str) -> Any:
     header = group(persona.si(job_id=job_id, persona=p) for p in PERSONA_KEYS)
-    return chord(header, synthesize.s(job_id=job_id)) | devils_advocate.s(job_id=job_id) | finalize.s(job_id=job_id)
+    body = synthesize.s(job_id=job_id)
+    return chord(header, body) | devils_advocate.s(job_id=job_id) | finalize.s(job_id=job_id)
 
 
 def enqueue(job_id: str) -> AsyncResult:

@@ -7,7 +7,6 @@ Create Date: 2026-11-24 06:41:34.176247
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0002'
 down_revision = '0001'
 branch_labels = None
