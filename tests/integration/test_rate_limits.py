@@ -90,8 +90,8 @@ def test_three_worker_processes_share_one_bucket(tmp_path: Path, redis_url: str)
         subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         port = free_port()
-        procs = [Proc([str(BIN / "celery"), "-A", "workers", "worker", "-P", "threads", "-c", "4",
-                       "--hostname", f"rl{i}@%h", "-l", "INFO"], env, tmp_path / f"w{i}.log") for i in range(3)]
+        worker = [str(BIN / "celery"), "-A", "workers", "worker", "-P", "threads", "-c", "4", "-l", "INFO"]
+        procs = [Proc([*worker, "--hostname", f"rl{i}@%h"], env, tmp_path / f"w{i}.log") for i in range(3)]
         api = Proc([str(BIN / "uvicorn"), "api.main:app", "--port", str(port)], env, tmp_path / "api.log")
         try:
             base = f"http://127.0.0.1:{port}"
