@@ -204,15 +204,19 @@ def critique(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
         job = q.get_job(s, job_id=job_id)
         if job is None:
             raise LookupError(f"job {job_id} not found")
-        if job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value) or job.synthesis is None:
-            return StepResult(stage, "skipped")
         if job.critique is not None:
             return StepResult(stage, "succeeded")
+        if job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value) or job.synthesis is None:
+            return StepResult(stage, "skipped")
     request = critique_request(job.idea, job.synthesis, max_tokens=rt.settings.critique_max_tokens)
+    # The critique is the last stage: storing it finishes the job in the same transaction, one
+    # hop and one transaction earlier than `finalize` (which then only confirms it).
     ok = _run_stage(
         rt, job, stage, request, errors_left,
         on_success=lambda s, c: q.update_job(s, job_id=job_id, critique=_output(c),
-                                             critique_provider=c.provider),
+                                             critique_provider=c.provider,
+                                             status=JobStatus.SUCCEEDED.value,
+                                             finished_at=utcnow()),
         on_give_up=lambda s, why: _fail_job(s, job_id, f"devil's advocate failed: {why}"),
     )
     return StepResult(stage, "succeeded" if ok else JobStatus.FAILED.value)

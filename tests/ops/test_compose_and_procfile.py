@@ -128,7 +128,7 @@ def test_every_service_runs_what_the_procfile_runs(compose_cmd, tmp_path, overri
         assert svc[name]["command"] == expected, (name, kind)
     worker = svc["worker"]["command"]
     assert worker[worker.index("-P") + 1] == overrides.get("WORKER_POOL", "threads")
-    assert worker[worker.index("-c") + 1] == overrides.get("WORKER_CONCURRENCY", "16")
+    assert worker[worker.index("-c") + 1] == overrides.get("WORKER_CONCURRENCY", "100")
     assert worker[worker.index("-Q") + 1] == overrides.get("WORKER_QUEUES", "personas,pipeline")
 
 

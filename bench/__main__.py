@@ -1,0 +1,202 @@
+"""Benchmarks: `python -m bench` (or `make bench`) runs them all and writes the report.
+
+    python -m bench                      # everything, ~20-25 min on 2 cores
+    python -m bench --quick              # tiny counts, one run each, no sustained rate-limit
+                                         # run, < 2 min (a smoke run)
+    python -m bench --only throughput,latency
+    python -m bench --out /tmp/bench     # write the report somewhere else
+
+Names for --only: profile, throughput, latency, critical, concurrency, scaling, memory,
+limiter, burst, sustained (the last three are the rate-limit benchmark; `ratelimit` = all
+three).
+
+Needs PostgreSQL (BENCH_PG_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres;
+a fresh database is created and dropped for each measurement) and Redis (BENCH_REDIS_URL,
+default redis://127.0.0.1:6379/0; the benchmarks use databases 8, 9 and 10 of that server and
+flush them). Every process it needs (Celery workers, the API, the fake LLM provider, the
+seed's client processes) is started here and stopped by its process group.
+
+Output: bench/results/latest.md and bench/results/latest.json; a full run (no --quick, no
+--only) also writes bench/RESULTS.md. Worker and API logs: bench/results/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import harness as H
+from bench import report
+
+SECTIONS = ("profile", "throughput", "latency", "critical", "concurrency", "scaling", "memory",
+            "limiter", "burst", "sustained")
+
+NOTES = [
+    "Ours: `celery -A workers worker` processes, LLM_PROVIDERS=stub behind the token bucket "
+    "(STUB_TPM/STUB_RPM far above the load, so every call runs the reserve/reconcile Lua "
+    "script), Redis broker and result backend, a fresh PostgreSQL database per measurement "
+    "(migrated to head), one ledger row per call. Raw: `celery -A bench.raw_celery worker`, "
+    "the same `celery_config(...)` and flags, five no-op header tasks, three no-op tasks.",
+    "Throughput: N jobs sent as fast as this process can, time from the first send to the "
+    "last job finished (ours: max(jobs.finished_at) in PostgreSQL; raw: max(date_done) of the "
+    "finalize results in Redis). Ours are created in the database first (not timed) and sent "
+    "with `tasks.pipeline.enqueue` directly, not over HTTP, so the API is not the bottleneck. "
+    "Worker CPU = user+system of the worker process trees; machine CPU = all processes "
+    "(PostgreSQL, Redis and this process included).",
+    "Latency: one job at a time on an otherwise idle worker, 50 ms apart; ours: from just "
+    "before POST /v1/jobs (a uvicorn process) to the job's finished_at in PostgreSQL; raw: from "
+    "just before apply_async to the finalize result's date_done in Redis (both are the "
+    "system's own timestamps; completion is polled every 5 ms). Both use prefork -c 2.",
+    "Critical path: the stub sleeps L per call; 3L = slowest persona + synthesis + critique. "
+    "Measured like the latency, with a pool that runs the five personas at once.",
+    "Concurrency: all jobs created and sent at once; calls in flight are computed from the "
+    "ledger (each successful call is [created_at - latency_ms, created_at]); RSS is sampled "
+    "every 0.25 s over the worker's process tree (parent and children). A run ends when every "
+    "job is finished or the window closes (prefork cannot finish 200 jobs at L = 2 s: its "
+    "jobs/s is jobs finished within the window). Bound = peak in flight / L / 7; a finite "
+    "batch cannot reach it: the last jobs' synthesis and critique run with few calls left "
+    "to overlap, so the 400-job run shows how the ratio approaches the bound as that tail "
+    "is amortised. Utilization = mean / peak calls in flight.",
+    "Scaling: like throughput with prefork -c 1, 2, 4 (one worker process per child).",
+    "Memory: one worker process of the recommended pool; RSS of its process tree after "
+    "each checkpoint (zero-latency stub), each batch sent at once and finished before "
+    "sampling. The first batches grow the pool to its -c threads (each with its own Redis "
+    "and database connection), a constant set by -c; the last interval is the leak check.",
+    "Rate limit: the fake provider is a separate process (python -m "
+    "masterplan.testing.fake_provider, flavour groq, exact Retry-After); 429s and tokens "
+    "admitted come from its /_fake/stats. Share of allowance = tokens admitted / (bucket "
+    "capacity + TPM × elapsed / 60). The seed's clients are the openai SDK with max_retries=0; "
+    "ours is the API plus worker processes with LLM_PROVIDERS=groq pointed at the fake. "
+    "The burst's wall time is until the last of the five agents finished or gave up.",
+    "Limiter cost: one Python client (redis-py + hiredis), PING loop and reserve+reconcile "
+    "loop interleaved in the same run; a pair is two round trips (reserve, then reconcile "
+    "with a refund), ops = 2 × pairs.",
+]
+
+
+def _config(quick: bool) -> dict[str, dict[str, Any]]:
+    from bench.ratelimit import Limits
+
+    if quick:
+        # Same shapes, tiny counts; the rate-limit bucket refills 4x faster (TPM 24,000 with a
+        # 6,000-token capacity) so the 35 s burst bound becomes ~9 s. No sustained run.
+        fast = Limits(tpm=24000, rpm=120, burst_tokens=6000, burst_requests=30)
+        return {
+            "profile": {"n_jobs": 20},
+            "throughput": {"jobs": 30, "repeats": 1},
+            "latency": {"jobs": 5, "repeats": 1},
+            "critical": {"jobs": 3, "repeats": 1, "latency_ms": 200},
+            "concurrency": {"repeats": 1, "latency_s": 0.5, "recommended": ("threads", 20),
+                            "pools": (("prefork", 2, 1, 12, 3.0), ("threads", 20, 1, 12, 30.0))},
+            "scaling": {"jobs": 20, "repeats": 1, "counts": (1, 2)},
+            "memory": {"repeats": 1, "checkpoints": (10, 40)},
+            "limiter": {"seconds": 0.5, "repeats": 1},
+            "burst": {"repeats": 1, "limits": fast},
+            "sustained": None,
+        }
+    return {
+        "profile": {"n_jobs": 200},
+        "throughput": {"jobs": 300, "repeats": 5},
+        "latency": {"jobs": 40, "repeats": 3},
+        "critical": {"jobs": 10, "repeats": 3, "latency_ms": 300},
+        # (pool, -c, worker processes, jobs sent at once, window s)
+        "concurrency": {"repeats": 2, "latency_s": 2.0, "recommended": ("threads", 100),
+                        "pools": (("prefork", 2, 1, 200, 30.0), ("threads", 100, 1, 200, 150.0),
+                                  ("threads", 200, 1, 200, 150.0), ("threads", 100, 2, 200, 150.0),
+                                  ("gevent", 100, 1, 200, 150.0),
+                                  ("threads", 100, 1, 400, 200.0))},
+        "scaling": {"jobs": 200, "repeats": 2, "counts": (1, 2, 4)},
+        "memory": {"repeats": 2, "checkpoints": (10, 1000, 2000)},
+        "limiter": {"seconds": 2.0, "repeats": 5},
+        "burst": {"repeats": 3, "limits": Limits()},
+        "sustained": {"repeats": 2, "window": 90.0, "limits": Limits()},
+    }
+
+
+def _concurrency(cfg: dict[str, Any]) -> dict[str, Any]:
+    from bench import pipeline as P
+
+    out = P.measure_concurrency(repeats=cfg["repeats"], latency_s=cfg["latency_s"],
+                                pools=cfg["pools"])
+    pool, conc = cfg["recommended"]
+    out["recommended"] = next(k for k, v in out["pools"].items()
+                              if v["pool"] == pool and v["concurrency"] == conc
+                              and v["processes"] == 1)
+    return out
+
+
+def run(sections: list[str], quick: bool) -> dict[str, Any]:
+    from bench import pipeline as P
+    from bench import profile as prof
+    from bench import ratelimit as RL
+
+    cfg = _config(quick)
+    results: dict[str, Any] = {"meta": {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": quick, "cpus": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg(), "python": platform.python_version(),
+        "sections": sections, "default_pool": P.DEFAULT_POOL,
+    }, "notes": NOTES}
+    t0 = time.monotonic()
+    if "profile" in sections:
+        c = cfg["profile"]
+        H.log(f"profile: our code per job in-process, {c['n_jobs']} jobs")
+        runs = [prof.run_in_process(c["n_jobs"]) for _ in range(1 if quick else 3)]
+        results["profile"] = {k: H.summarize([r[k] for r in runs]) for k in runs[0]}
+    if "throughput" in sections:
+        results["throughput"] = P.measure_throughput(**cfg["throughput"])
+    if "latency" in sections:
+        results["latency"] = P.measure_latency(**cfg["latency"])
+    if "critical" in sections:
+        results["critical_path"] = P.measure_critical_path(**cfg["critical"])
+    if "concurrency" in sections:
+        results["concurrency"] = _concurrency(cfg["concurrency"])
+    if "scaling" in sections:
+        results["scaling"] = P.measure_scaling(**cfg["scaling"])
+    if "memory" in sections:
+        results["memory"] = P.measure_memory(**cfg["memory"])
+    rl: dict[str, Any] = {}
+    if "limiter" in sections:
+        rl["limiter_cost"] = RL.measure_limiter_cost(**cfg["limiter"])
+    if "burst" in sections:
+        c = cfg["burst"]
+        rl["burst"] = RL.measure_burst(repeats=c["repeats"], limits=c["limits"],
+                                       pool=P.DEFAULT_POOL)
+        rl["burst"]["bound_s"] = RL.burst_bound_s(c["limits"])
+    if "sustained" in sections and cfg["sustained"]:
+        c = cfg["sustained"]
+        rl["sustained"] = RL.measure_sustained(repeats=c["repeats"], window=c["window"],
+                                               limits=c["limits"], pool=P.DEFAULT_POOL)
+    if rl:
+        results["ratelimit"] = rl
+    results["meta"]["duration_s"] = time.monotonic() - t0
+    results["meta"]["load_avg_at_end"] = os.getloadavg()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny counts, one run each")
+    p.add_argument("--only", default="", help="comma-separated: " + ", ".join(SECTIONS))
+    p.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="report directory")
+    a = p.parse_args(argv)
+    wanted = [s.strip() for s in a.only.split(",") if s.strip()]
+    if "ratelimit" in wanted:
+        wanted = [s for s in wanted if s != "ratelimit"] + ["limiter", "burst", "sustained"]
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    sections = [s for s in SECTIONS if not wanted or s in wanted]
+    results = run(sections, a.quick)
+    path = report.write(results, committed=not a.quick and not wanted, out_dir=a.out)
+    print(report.markdown(results))
+    H.log(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
