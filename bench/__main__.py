@@ -5,6 +5,7 @@
                                          # run, < 2 min (a smoke run)
     python -m bench --only throughput,latency
     python -m bench --out /tmp/bench     # write the report somewhere else
+    python -m bench --only sustained --update   # re-run one part into the existing report
 
 Names for --only: profile, throughput, latency, critical, concurrency, scaling, memory,
 limiter, burst, sustained (the last three are the rate-limit benchmark; `ratelimit` = all
@@ -23,6 +24,7 @@ Output: bench/results/latest.md and bench/results/latest.json; a full run (no --
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -183,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny counts, one run each")
     p.add_argument("--only", default="", help="comma-separated: " + ", ".join(SECTIONS))
     p.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="report directory")
+    p.add_argument("--update", action="store_true",
+                   help="re-run the --only sections into the existing latest.json (and into "
+                        "bench/RESULTS.md when that report came from a full run)")
     a = p.parse_args(argv)
     wanted = [s.strip() for s in a.only.split(",") if s.strip()]
     if "ratelimit" in wanted:
@@ -192,7 +197,22 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     sections = [s for s in SECTIONS if not wanted or s in wanted]
     results = run(sections, a.quick)
-    path = report.write(results, committed=not a.quick and not wanted, out_dir=a.out)
+    committed = not a.quick and not wanted
+    if a.update:
+        base = json.loads((a.out / "latest.json").read_text())
+        if base["meta"].get("quick") != a.quick:
+            p.error("--update must use the same --quick as the report it updates")
+        rl = {**base.get("ratelimit", {}), **results.pop("ratelimit", {})}
+        base.update({k: v for k, v in results.items() if k not in ("meta", "notes")})
+        if rl:
+            base["ratelimit"] = rl
+        base["meta"].setdefault("updated", []).append(
+            {"sections": sections, "at": results["meta"]["started"],
+             "duration_s": results["meta"]["duration_s"]})
+        base["notes"] = results["notes"]
+        committed = not a.quick and base["meta"].get("sections") == list(SECTIONS)
+        results = base
+    path = report.write(results, committed=committed, out_dir=a.out)
     print(report.markdown(results))
     H.log(f"report written to {path}")
     return 0

@@ -286,7 +286,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{meta.get('cpus', '?')} cores, {meta.get('started', '')}, "
         f"{meta.get('duration_s', 0):.0f} s. Medians of repeated runs, (min–max) across runs. "
         "The machine is shared: absolute figures move with the load; each ratio compares runs "
-        "made back to back in the same process.",
+        "made back to back in the same process."
+        + "".join(f" Re-run at {u['at']}: {', '.join(u['sections'])}."
+                  for u in meta.get("updated", [])),
         "",
         _table(["figure", "ours", "baseline", "ratio", "goal", "met"], headline(r)),
         "",
