@@ -1,7 +1,7 @@
 """GET /metrics: Prometheus metrics, computed at scrape time.
 
 The database is the source of truth that every worker on every machine writes to, so the job,
-persona and LLM figures are aggregates of its tables (`jobs`, `persona_runs`, the `llm_calls`
+stage and LLM figures are aggregates of its tables (`jobs`, `stage_runs`, the `llm_calls`
 ledger) rather than per-process counters that would have to be summed across workers and would
 reset on every restart. Queue depth comes from the broker (Redis `LLEN`): Flower has no
 queue-length metric. `install(app)` mounts the route; it takes the API's bearer keys.
@@ -28,7 +28,7 @@ from prometheus_client.core import (
 from sqlalchemy.orm import Session
 
 from api.deps import RuntimeDep, current_owner
-from masterplan.db.models import Job, JobStatus, LLMCall, PersonaRun, RunStatus
+from masterplan.db.models import Job, JobStatus, LLMCall, RunStatus, StageRun
 from masterplan.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class _Totals:
 
 
 class DatabaseCollector:
-    """Jobs, persona runs and the LLM ledger, aggregated over every worker that ever wrote."""
+    """Jobs, stage runs and the LLM ledger, aggregated over every worker that ever wrote."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -91,13 +91,13 @@ class DatabaseCollector:
         for other, n in counts.items():
             jobs.add_metric([other], n)
         yield jobs
-        runs = GaugeMetricFamily("masterplan_persona_runs", "Persona runs by persona and status.",
-                                 labels=["persona", "status"])
-        for persona, run_status, n in s.execute(
-            sa.select(PersonaRun.persona, PersonaRun.status, sa.func.count())
-            .group_by(PersonaRun.persona, PersonaRun.status)
+        runs = GaugeMetricFamily("masterplan_stage_runs", "Stage runs by stage and status.",
+                                 labels=["stage", "status"])
+        for stage, run_status, n in s.execute(
+            sa.select(StageRun.stage, StageRun.status, sa.func.count())
+            .group_by(StageRun.stage, StageRun.status)
         ).all():
-            runs.add_metric([persona, run_status], n)
+            runs.add_metric([stage, run_status], n)
         yield runs
 
     def _ledger(self, s: Session) -> Iterator[Metric]:
@@ -169,17 +169,17 @@ class DatabaseCollector:
                                                 LLMCall.outcome == "ok"):
             stage.add_metric([value], buckets, total)
         yield stage
-        persona = HistogramMetricFamily(
-            "masterplan_persona_duration_seconds", "Persona runs from first claim to result, "
-            "waits for rate limits and fallbacks included.", labels=["persona"])
-        run_s = _seconds_between(s, PersonaRun.started_at, PersonaRun.finished_at)
+        runs = HistogramMetricFamily(
+            "masterplan_stage_duration_seconds", "Stage runs from first claim to result, "
+            "waits for rate limits and fallbacks included.", labels=["stage"])
+        run_s = _seconds_between(s, StageRun.started_at, StageRun.finished_at)
         for value, buckets, total in _histogram(
-            s, PersonaRun.persona, run_s, PersonaRun.finished_at.is_not(None),
-            PersonaRun.started_at.is_not(None),
-            PersonaRun.status.in_((RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)),
+            s, StageRun.stage, run_s, StageRun.finished_at.is_not(None),
+            StageRun.started_at.is_not(None),
+            StageRun.status.in_((RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)),
         ):
-            persona.add_metric([value], buckets, total)
-        yield persona
+            runs.add_metric([value], buckets, total)
+        yield runs
         job = HistogramMetricFamily("masterplan_job_duration_seconds", "Finished jobs from "
                                     "submission to result.", labels=["status"])
         job_s = _seconds_between(s, Job.created_at, Job.finished_at)

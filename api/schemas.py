@@ -40,6 +40,19 @@ class PersonaPublic(BaseModel):
     output: dict[str, Any] | None
 
 
+class StagePublic(BaseModel):
+    stage: str
+    title: str
+    kind: str
+    status: str
+    provider: str | None
+    model: str | None
+    attempts: int
+    error: str | None
+    latency_ms: int | None
+    output: dict[str, Any] | None
+
+
 class StageUsage(BaseModel):
     stage: str
     provider: str
@@ -80,6 +93,8 @@ class JobPublic(JobSummary):
     synthesis_provider: str | None
     critique: dict[str, Any] | None
     critique_provider: str | None
+    stages: list[StagePublic] = Field(description="Every stage in pipeline order (the personas, "
+                                      "synthesis and critique above are views of these).")
     usage: Usage
     degraded: bool = Field(
         description="Some output came from a fallback provider, not the chain's first."

@@ -7,6 +7,7 @@
      ├── RetryLater                  every provider must wait; retry after `wait_ms`
      ├── AllProvidersFailed          every provider failed for good on this call
      ├── StreamInterrupted           a stream failed after its first chunk (carries partial text)
+ ├── JobClosed                   the job was cancelled or ended: no further call is made for it
      └── ProviderError               one provider's call failed, classified at the adapter boundary
           ├── RateLimited            429 (carries retry_after_ms when the provider said)
           ├── Overloaded             529 / 503
@@ -47,6 +48,10 @@ class RetryLater(MasterplanError):
         self.wait_ms = wait_ms
         self.reason = reason
         self.attempts = attempts or []
+
+
+class JobClosed(MasterplanError):
+    """The job was cancelled or has ended: no further LLM call is made for it."""
 
 
 class AllProvidersFailed(MasterplanError):

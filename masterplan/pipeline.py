@@ -1,15 +1,24 @@
-"""The masterplan job's steps as plain functions: ids in, database rows out.
+"""A job's stages as plain functions: ids in, database rows out.
 
-Celery tasks are thin wrappers around these (tasks/pipeline.py). Every step is idempotent: the
-database, not the broker, says what has been done, so a redelivered task does no work twice.
-A step that must wait raises RetryLater; the task turns that into `retry(countdown=...)`.
+Celery tasks are thin wrappers around these (tasks/pipeline.py). The database, not the broker,
+says what has been done and what may run next:
+
+- `run_stage` claims its stage under a heartbeat-renewed lease, makes the call, and in one
+  transaction stores the result, the ledger rows, and what became ready because of it — the
+  stages to publish next, returned to the task. A redelivered task does no work twice.
+- `advance` looks at a job's rows and returns whatever is ready; the sweep (recovery.py) calls it
+  for jobs that stopped moving, so a lost message, worker or Redis cannot strand a job.
+
+A step that must wait raises Deferred; the task turns that into `retry(countdown=...)`. A step
+whose result could not be stored (the database went away after the reply) raises StoreLater with
+the result, so the retry stores it without calling (and paying) the provider again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,24 +26,16 @@ from sqlalchemy.orm import Session
 
 from masterplan import errors as E
 from masterplan.db import queries as q
-from masterplan.db.models import FINISHED, Job, JobStatus, RunStatus, utcnow
-from masterplan.llm.base import Completion, LLMRequest
+from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, RunStatus, utcnow
+from masterplan.db.session import is_db_unavailable
+from masterplan.llm.base import Completion
 from masterplan.llm.router import Attempt
-from masterplan.personas import (
-    PERSONA_KEYS,
-    Stage,
-    critique_request,
-    persona_request,
-    synthesis_request,
-)
 from masterplan.runtime import Runtime
+from masterplan.settings import Settings
+from masterplan.stages import JobInput, Kind, Pipeline, pipeline
 
 log = logging.getLogger(__name__)
 
-# A claim older than this belongs to a dead worker (above the task hard time limit).
-PERSONA_LEASE_S = 330
-# Synthesis waiting for personas that are still running (a chord fired early).
-NOT_READY_WAIT_MS = 1000
 # Back-off between error retries (not rate-limit waits, which use the provider's own wait).
 ERROR_BACKOFF_MS = (2000, 8000)
 TRANSIENT = {"server_error", "timeout", "overloaded"}
@@ -42,13 +43,14 @@ TRANSIENT = {"server_error", "timeout", "overloaded"}
 
 @dataclass(frozen=True)
 class StepResult:
-    """The small status a task returns through the broker (never LLM text)."""
+    """The small status a task returns (never LLM text), and the stages it made ready."""
 
     stage: str
     status: str
+    ready: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, str]:
-        return {"stage": self.stage, "status": self.status}
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "status": self.status, "ready": list(self.ready)}
 
 
 class Deferred(E.RetryLater):
@@ -59,6 +61,86 @@ class Deferred(E.RetryLater):
         self.is_error = is_error
 
 
+class StoreLater(E.MasterplanError):
+    """The result is known but the database is unreachable: retry storing `outcome`."""
+
+    def __init__(self, outcome: dict[str, Any], cause: BaseException) -> None:
+        super().__init__(f"the database is unreachable, the result is kept for a retry: {cause}")
+        self.outcome = outcome
+
+
+# -- what a job's rows say comes next (pure) -------------------------------------------------
+@dataclass(frozen=True)
+class Decision:
+    ready: tuple[str, ...] = ()  # pending stages whose needs are met
+    fail: str | None = None  # the job cannot succeed any more: why
+    done: bool = False  # the last stage finished (succeeded unless `fail`)
+
+
+def decide(p: Pipeline, settings: Settings, states: dict[str, tuple[str, str | None]]) -> Decision:
+    """`states`: every stage's (status, error)."""
+    last_status, last_error = states[p.last]
+    if last_status in FINISHED:
+        ok = last_status == RunStatus.SUCCEEDED.value
+        return Decision(done=True, fail=None if ok else f"{p[p.last].title.lower()} failed: {last_error}")
+    ready = []
+    for sd in p.stages:
+        if states[sd.name][0] != RunStatus.PENDING.value:
+            continue
+        needs = [states[n] for n in sd.needs]
+        if any(status not in FINISHED for status, _ in needs):
+            continue
+        ok = sum(status == RunStatus.SUCCEEDED.value for status, _ in needs)
+        if ok >= sd.required(settings):
+            ready.append(sd.name)
+            continue
+        failed = "; ".join(f"{n}: {states[n][1]}" for n in sd.needs
+                           if states[n][0] != RunStatus.SUCCEEDED.value)
+        if len(sd.needs) == 1:
+            return Decision(fail=f"{p[sd.needs[0]].title.lower()} failed: {states[sd.needs[0]][1]}")
+        kinds = {p[n].kind for n in sd.needs}
+        noun = f"{kinds.pop().value}s" if len(kinds) == 1 else "stages"
+        return Decision(fail=f"only {ok} of {len(sd.needs)} {noun} succeeded "
+                             f"(need {sd.required(settings)}): {failed}")
+    return Decision(ready=tuple(ready))
+
+
+def _conclude(s: Session, job_id: str, d: Decision) -> None:
+    """End the job when the decision says it has ended."""
+    if d.fail is not None:
+        _fail_job(s, job_id, d.fail)
+    elif d.done:
+        q.update_job(s, job_id=job_id, status=JobStatus.SUCCEEDED.value, finished_at=utcnow())
+
+
+def _fail_job(s: Session, job_id: str, reason: str) -> bool:
+    """The job ends failed with its reason; finished stages keep their outputs."""
+    q.lock_stage_states(s, job_id=job_id)  # lock order: stage rows, then the job
+    if not q.update_job(s, job_id=job_id, status=JobStatus.FAILED.value, error=reason,
+                        finished_at=utcnow()):
+        return False
+    q.finish_open_stages(s, job_id=job_id, status=RunStatus.FAILED, error=f"not run: {reason}",
+                         only_pending=True)
+    return True
+
+
+def advance(s: Session, settings: Settings, job_id: str) -> tuple[str, ...]:
+    """Idempotent, in the caller's transaction: end the job if its rows say it has ended, else
+    return every stage that is ready and pending (the caller publishes them; a duplicate
+    delivery is a no-op)."""
+    states = q.lock_stage_states(s, job_id=job_id)
+    job = q.get_job(s, job_id=job_id)
+    if job is None or job.status not in OPEN or not states:
+        return ()
+    if _past_deadline(job):
+        _fail_job(s, job_id, "job deadline passed")
+        return ()
+    d = decide(pipeline(), settings, states)
+    _conclude(s, job_id, d)
+    return d.ready
+
+
+# -- one stage -------------------------------------------------------------------------------
 def _aware(dt: datetime) -> datetime:
     # SQLite returns naive datetimes for timezone-aware columns.
     return dt if dt.tzinfo else dt.replace(tzinfo=utcnow().tzinfo)
@@ -75,183 +157,171 @@ def _deferred_row(exc: E.RetryLater) -> Attempt:
                    "deferred", wait_ms=exc.wait_ms, error=exc.reason)
 
 
-def _transient(exc: E.AllProvidersFailed) -> bool:
-    return any(a.outcome in TRANSIENT for a in exc.attempts)
+@dataclass
+class Outcome:
+    """What a stage's call came to, before it is stored (a plain dict travels in a retry)."""
+
+    kind: str  # succeeded | failed | wait | error_wait | cancelled
+    claim_id: str
+    deadline_at: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    output: dict[str, Any] | None = None
+    provider: str | None = None
+    model: str | None = None
+    latency_ms: int | None = None
+    wait_ms: int = 0
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Outcome:
+        return cls(**d)
 
 
-def _run_stage(rt: Runtime, job: Job, stage: str, request: LLMRequest, errors_left: int, *,
-               on_success: Callable[[Session, Completion], object],
-               on_give_up: Callable[[Session, str], object]) -> bool:
-    """Route one call and record its attempts with its outcome, in one transaction.
+def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, dict[str, Any]],
+            errors_left: int) -> Outcome:
+    """Make the stage's call; classify what came of it."""
+    sd = pipeline()[stage]
+    request = sd.build(JobInput(job.idea, job.context), found, rt.settings)
+    request = replace(request, tags={**request.tags, "stage": stage, "job_id": job.id})
+    attempts: list[Attempt] = []
+    out = Outcome("failed", claim_id, _aware(job.deadline_at).isoformat())
 
-    True: the stage succeeded. False: it failed for good (recorded by `on_give_up`).
-    Raises Deferred when it must run again later (the claim on a persona is handed back).
-    """
-    request = replace(request, tags={**request.tags, "job_id": job.id})
+    def still_open(n: int) -> None:
+        # The claim just checked the job; later calls (fallback, repair) check again.
+        if n > 0 and _job_closed(rt, job.id):
+            raise E.JobClosed(f"job {job.id} is no longer open")
+
     try:
-        routed = rt.router.route(request)
+        with rt.leases.hold(claim_id):
+            routed = rt.router.route(request, before_call=still_open, attempts=attempts)
+    except E.JobClosed:
+        out.kind, out.error = "cancelled", "job cancelled before this stage's next call"
     except E.RetryLater as exc:
-        with rt.sessions.begin() as s:
-            q.record_calls(s, job_id=job.id, stage=stage, attempts=[*exc.attempts, _deferred_row(exc)])
-            if _past_deadline(job, exc.wait_ms):
-                on_give_up(s, f"still waiting for providers at the job deadline ({exc.reason})")
-                return False
-            if stage in PERSONA_KEYS:
-                q.release_persona(s, job_id=job.id, persona=stage)
-        raise Deferred(exc.wait_ms, exc.reason) from exc
+        attempts.append(_deferred_row(exc))
+        out.kind, out.wait_ms, out.error = "wait", exc.wait_ms, exc.reason
+        if _past_deadline(job, exc.wait_ms):
+            out.kind = "failed"
+            out.error = f"still waiting for providers at the job deadline ({exc.reason})"
     except E.AllProvidersFailed as exc:
-        retry = errors_left > 0 and _transient(exc) and not _past_deadline(job)
-        with rt.sessions.begin() as s:
-            q.record_calls(s, job_id=job.id, stage=stage, attempts=exc.attempts)
-            if not retry:
-                on_give_up(s, str(exc))
-                return False
-            if stage in PERSONA_KEYS:
-                q.release_persona(s, job_id=job.id, persona=stage)
-        # Raised after the commit: the ledger rows and the released claim must persist.
-        backoff = ERROR_BACKOFF_MS[max(-len(ERROR_BACKOFF_MS), -errors_left)]
-        raise Deferred(backoff, str(exc), is_error=True) from exc
+        out.error = str(exc)
+        if errors_left > 0 and any(a.outcome in TRANSIENT for a in exc.attempts) \
+                and not _past_deadline(job):
+            out.kind = "error_wait"
+            out.wait_ms = ERROR_BACKOFF_MS[max(-len(ERROR_BACKOFF_MS), -errors_left)]
+    else:
+        c: Completion = routed.completion
+        out.kind = "succeeded"
+        out.output = c.data.model_dump(mode="json") if c.data is not None else None
+        out.provider, out.model, out.latency_ms = c.provider, c.model, c.latency_ms
+    out.attempts = [asdict(a) for a in attempts]
+    return out
+
+
+def _job_closed(rt: Runtime, job_id: str) -> bool:
+    with rt.sessions() as s:
+        job = q.get_job(s, job_id=job_id)
+        return job is None or job.status not in OPEN
+
+
+def store(rt: Runtime, job_id: str, stage: str, out: Outcome) -> StepResult:
+    """Store what a call came to, in one transaction: ledger rows, the stage's row, the job's
+    end if this was it, and the stages this made ready (returned, for the task to publish)."""
+    p = pipeline()
+    try:
+        if out.kind in ("wait", "error_wait"):
+            with rt.sessions.begin() as s:
+                q.record_calls(s, job_id=job_id, stage=stage, attempts=out.attempts)
+                q.release_stage(s, job_id=job_id, stage=stage, claim_id=out.claim_id,
+                                not_before_ms=out.wait_ms)
+        else:
+            return _finish(rt, p, job_id, stage, out)
+    except Exception as exc:
+        if is_db_unavailable(exc):
+            raise StoreLater(asdict(out), exc) from exc
+        raise
+    # Raised after the commit: the ledger rows and the released claim must persist.
+    raise Deferred(out.wait_ms, out.error or "", is_error=out.kind == "error_wait")
+
+
+def _finish(rt: Runtime, p: Pipeline, job_id: str, stage: str, out: Outcome) -> StepResult:
     with rt.sessions.begin() as s:
-        q.record_calls(s, job_id=job.id, stage=stage, attempts=routed.attempts)
-        on_success(s, routed.completion)
-    return True
+        states = q.lock_stage_states(s, job_id=job_id)
+        # Every call made is on the ledger, even when another delivery finished the stage first.
+        q.record_calls(s, job_id=job_id, stage=stage, attempts=out.attempts)
+        status = {"succeeded": RunStatus.SUCCEEDED, "cancelled": RunStatus.CANCELLED}.get(
+            out.kind, RunStatus.FAILED)
+        if not q.finish_stage(s, job_id=job_id, stage=stage, status=status, output=out.output,
+                              provider=out.provider, model=out.model, error=out.error,
+                              latency_ms=out.latency_ms):
+            # Finished by another delivery, which advanced the job.
+            return StepResult(stage, states[stage][0])
+        if status is RunStatus.CANCELLED:
+            return StepResult(stage, status.value)
+        states[stage] = (status.value, out.error)
+        d = decide(p, rt.settings, states)
+        _conclude(s, job_id, d)
+        # Only the stages this one was needed for became ready just now.
+        return StepResult(stage, status.value, tuple(n for n in d.ready if stage in p[n].needs))
 
 
-def _output(c: Completion) -> dict[str, Any] | None:
-    return c.data.model_dump(mode="json") if c.data is not None else None
-
-
-def run_persona(rt: Runtime, job_id: str, persona: str, *, errors_left: int = 2) -> StepResult:
+def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2) -> StepResult:
+    """Claim the stage, make its call, store the result. Idempotent per (job, stage)."""
+    sd = pipeline()[stage]
+    claim_id = uuid.uuid4().hex
     with rt.sessions.begin() as s:
         job = q.get_job(s, job_id=job_id)
         if job is None:
             raise LookupError(f"job {job_id} not found")
-        claim = q.claim_persona(s, job_id=job_id, persona=persona, lease_s=PERSONA_LEASE_S,
-                                mark_running=job.status == JobStatus.QUEUED.value)
-        if claim == "finished":
-            status = next(r.status for r in q.persona_runs(s, job_id=job_id) if r.persona == persona)
-            return StepResult(persona, status)
-        if claim == "busy":
-            # Another delivery of this task holds it; look again later rather than pay twice.
-            raise Deferred(5000, "another worker is running this persona")
+        if job.status not in OPEN:
+            return StepResult(stage, "closed")
         if _past_deadline(job):
-            q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.FAILED,
-                             error="job deadline passed before this persona ran")
-            return StepResult(persona, RunStatus.FAILED.value)
-
-    def stored(s: Session, c: Completion) -> None:
-        q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.SUCCEEDED,
-                         output=_output(c), provider=c.provider, model=c.model,
-                         latency_ms=c.latency_ms)
-
-    def give_up(s: Session, reason: str) -> None:
-        q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.FAILED, error=reason)
-
-    request = persona_request(persona, job.idea, job.context,
-                              max_tokens=rt.settings.persona_max_tokens)
-    ok = _run_stage(rt, job, persona, request, errors_left, on_success=stored, on_give_up=give_up)
-    return StepResult(persona, (RunStatus.SUCCEEDED if ok else RunStatus.FAILED).value)
-
-
-def _fail_job(s: Session, job_id: str, reason: str) -> bool:
-    return q.update_job(s, job_id=job_id, status=JobStatus.FAILED.value, error=reason,
-                        finished_at=utcnow())
+            _fail_job(s, job_id, "job deadline passed")
+            return StepResult(stage, RunStatus.FAILED.value)
+        claim = q.claim_stage(s, job_id=job_id, stage=stage, claim_id=claim_id,
+                              lease_s=rt.settings.stage_lease_s,
+                              mark_running=job.status == JobStatus.QUEUED.value)
+        if claim.state != "claimed":
+            # finished: stored before; busy: another live delivery holds it; closed: cancelled.
+            return StepResult(stage, claim.state)
+        found = q.stage_outputs(s, job_id=job_id, stages=sd.needs) if sd.needs else {}
+    if sd.kind is not Kind.PERSONA and len(found) < sd.required(rt.settings):
+        # Published before its needs were stored (cannot happen through `store`): hand it back.
+        with rt.sessions.begin() as s:
+            q.release_stage(s, job_id=job_id, stage=stage, claim_id=claim_id)
+        return StepResult(stage, "not_ready")
+    return store(rt, job_id, stage, _routed(rt, job, stage, claim_id, found, errors_left))
 
 
-def synthesize(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
-    stage = Stage.SYNTHESIS.value
+def store_pending(rt: Runtime, job_id: str, stage: str, outcome: dict[str, Any]) -> StepResult:
+    """The retry of a StoreLater: store the kept result; no call is made."""
+    return store(rt, job_id, stage, Outcome.from_dict(outcome))
+
+
+def record_crash(rt: Runtime, job_id: str, stage: str, exc: BaseException) -> StepResult:
+    """An unexpected error in a step: recorded as that stage's failure, and the job advanced."""
+    p = pipeline()
+    error = f"crashed: {type(exc).__name__}: {exc}"
     with rt.sessions.begin() as s:
-        job = q.get_job(s, job_id=job_id)
-        if job is None:
-            raise LookupError(f"job {job_id} not found")
-        if job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
-            return StepResult(stage, job.status)
-        if job.synthesis is not None:
-            return StepResult(stage, "succeeded")
-        runs = q.persona_runs(s, job_id=job_id)
-        unfinished = [r.persona for r in runs if r.status not in FINISHED]
-        if unfinished:
-            if not _past_deadline(job):
-                # The database, not the chord counter, says whether every persona is done.
-                raise Deferred(NOT_READY_WAIT_MS, f"personas still running: {', '.join(unfinished)}")
-            for p in unfinished:
-                q.finish_persona(s, job_id=job_id, persona=p, status=RunStatus.FAILED,
-                                 error="job deadline passed")
-            runs = q.persona_runs(s, job_id=job_id)
-        findings = {r.persona: r.output for r in runs if r.status == RunStatus.SUCCEEDED.value}
-        needed = rt.settings.min_personas
-        if len(findings) < needed:
-            failed = "; ".join(f"{r.persona}: {r.error}" for r in runs
-                               if r.status != RunStatus.SUCCEEDED.value)
-            _fail_job(s, job_id, f"only {len(findings)} of {len(runs)} personas succeeded "
-                                 f"(need {needed}): {failed}")
-            return StepResult(stage, JobStatus.FAILED.value)
-
-    request = synthesis_request(job.idea, job.context, findings,
-                                max_tokens=rt.settings.synthesis_max_tokens)
-    ok = _run_stage(
-        rt, job, stage, request, errors_left,
-        on_success=lambda s, c: q.update_job(s, job_id=job_id, synthesis=_output(c),
-                                             synthesis_provider=c.provider),
-        on_give_up=lambda s, why: _fail_job(s, job_id, f"synthesis failed: {why}"),
-    )
-    return StepResult(stage, "succeeded" if ok else JobStatus.FAILED.value)
+        states = q.lock_stage_states(s, job_id=job_id)
+        if not q.finish_stage(s, job_id=job_id, stage=stage, status=RunStatus.FAILED, error=error):
+            return StepResult(stage, states.get(stage, ("failed", None))[0])
+        states[stage] = (RunStatus.FAILED.value, error)
+        d = decide(p, rt.settings, states)
+        _conclude(s, job_id, d)
+        return StepResult(stage, RunStatus.FAILED.value,
+                          tuple(n for n in d.ready if stage in p[n].needs))
 
 
-def critique(rt: Runtime, job_id: str, *, errors_left: int = 2) -> StepResult:
-    stage = Stage.CRITIQUE.value
+def cancel(rt: Runtime, job_id: str, *, owner: str) -> tuple[bool, bool]:
+    """Cancel an open job: its pending stages will not run; running calls finish and are
+    recorded. Returns (the owner has this job, it was open and is now cancelled)."""
     with rt.sessions.begin() as s:
-        job = q.get_job(s, job_id=job_id)
-        if job is None:
-            raise LookupError(f"job {job_id} not found")
-        if job.critique is not None:
-            return StepResult(stage, "succeeded")
-        if job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value) or job.synthesis is None:
-            return StepResult(stage, "skipped")
-    request = critique_request(job.idea, job.synthesis, max_tokens=rt.settings.critique_max_tokens)
-    # The critique is the last stage: storing it finishes the job in the same transaction, one
-    # hop and one transaction earlier than `finalize` (which then only confirms it).
-    ok = _run_stage(
-        rt, job, stage, request, errors_left,
-        on_success=lambda s, c: q.update_job(s, job_id=job_id, critique=_output(c),
-                                             critique_provider=c.provider,
-                                             status=JobStatus.SUCCEEDED.value,
-                                             finished_at=utcnow()),
-        on_give_up=lambda s, why: _fail_job(s, job_id, f"devil's advocate failed: {why}"),
-    )
-    return StepResult(stage, "succeeded" if ok else JobStatus.FAILED.value)
-
-
-def finalize(rt: Runtime, job_id: str) -> StepResult:
-    with rt.sessions.begin() as s:
-        job = q.get_job(s, job_id=job_id)
-        if job is None:
-            raise LookupError(f"job {job_id} not found")
-        status = job.status
-        if status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
-            if job.synthesis is not None and job.critique is not None:
-                closed = q.update_job(s, job_id=job_id, status=JobStatus.SUCCEEDED.value,
-                                      finished_at=utcnow())
-                status = JobStatus.SUCCEEDED.value
-            else:
-                closed = _fail_job(s, job_id,
-                                   "the pipeline ended without a synthesis and a critique")
-                status = JobStatus.FAILED.value
-            if not closed:  # closed by another step in the meantime: read what it wrote
-                status = q.get_job(s, job_id=job_id).status  # type: ignore[union-attr]
-    log.info("job %s finished: %s", job_id, status)
-    return StepResult("finalize", status)
-
-
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    """Used when a step dies unexpectedly: the job ends failed, its partial results kept."""
-    with rt.sessions.begin() as s:
-        _fail_job(s, job_id, reason)
-
-
-def record_persona_crash(rt: Runtime, job_id: str, persona: str, exc: BaseException) -> StepResult:
-    """An unexpected error in a persona step: recorded as that persona's failure."""
-    with rt.sessions.begin() as s:
-        q.finish_persona(s, job_id=job_id, persona=persona, status=RunStatus.FAILED,
-                         error=f"crashed: {type(exc).__name__}: {exc}")
-    return StepResult(persona, RunStatus.FAILED.value)
+        if q.get_job(s, job_id=job_id, owner=owner) is None:
+            return False, False
+        q.lock_stage_states(s, job_id=job_id)  # lock order: stage rows, then the job
+        if not q.update_job(s, job_id=job_id, status=JobStatus.CANCELLED.value,
+                            error="cancelled by the client", finished_at=utcnow()):
+            return True, False
+        q.finish_open_stages(s, job_id=job_id, status=RunStatus.CANCELLED, error="job cancelled",
+                             only_pending=True)
+        return True, True

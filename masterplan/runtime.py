@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from masterplan.db.session import check_schema, make_engine, make_sessionmaker, upgrade
+from masterplan.leases import LeaseKeeper
 from masterplan.llm.registry import build_router
 from masterplan.llm.router import Router
 from masterplan.settings import Settings
@@ -38,8 +39,10 @@ class Runtime:
     sessions: sessionmaker[Session]
     redis: Any
     router: Router
+    leases: LeaseKeeper
 
     def close(self) -> None:
+        self.leases.stop()
         self.engine.dispose()
         try:
             self.redis.close()
@@ -56,5 +59,6 @@ def build_runtime(settings: Settings, *, migrate: bool = False) -> Runtime:
     else:
         check_schema(engine)
     redis_client = make_redis(settings)
-    return Runtime(settings, engine, make_sessionmaker(engine), redis_client,
-                   build_router(settings, redis_client))
+    sessions = make_sessionmaker(engine)
+    return Runtime(settings, engine, sessions, redis_client, build_router(settings, redis_client),
+                   LeaseKeeper(sessions, settings.stage_lease_s))

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     synthesis_max_tokens: int = Field(2000, ge=16)
     critique_max_tokens: int = Field(800, ge=16)
     job_deadline_s: int = Field(900, gt=0)
+    # Recovery: a running stage's lease (renewed by its worker every third of it); a job with
+    # nothing done for STALL_AFTER_S is re-driven from its rows, at most MAX_REDRIVES times
+    # (waiting twice as long before each next one); each worker sweeps every SWEEP_INTERVAL_S.
+    stage_lease_s: float = Field(30.0, gt=0)
+    stall_after_s: float = Field(30.0, gt=0)
+    sweep_interval_s: float = Field(10.0, gt=0)
+    max_redrives: int = Field(5, ge=1)
     circuit_failures: int = Field(3, ge=1)
     circuit_open_s: int = Field(30, ge=1)
     auth_disable_s: int = Field(3600, ge=1)

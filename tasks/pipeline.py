@@ -1,29 +1,37 @@
-"""The masterplan canvas:
+"""The masterplan's one task: run a stage of a job, then publish what that made ready.
 
-    chord(group(persona × 5), synthesize) | devils_advocate | finalize
+    POST /v1/jobs -> publish(personas)  ->  each persona's task, on storing its result, publishes
+    the synthesis if it was the last one the synthesis needed  ->  synthesis -> critique
 
-Tasks pass the job id, never LLM text. A step that must wait is retried with
-`countdown = wait + jitter` (never `sleep()` in a worker); rate-limit waits do not use up the
-error budget, which travels in the `errors` keyword.
+There is no chord: which stage may run is decided in SQL when a stage is stored (the stage rows
+are locked, so exactly one finisher sees its successor become ready), and the recovery sweep
+re-publishes whatever a lost message, worker or Redis left behind. Tasks pass ids, never LLM
+text — except a result kept for a retry because the database was away when it arrived.
+
+A step that must wait is retried with `countdown = wait + jitter` (never `sleep()` in a worker);
+rate-limit waits do not use up the error budget, which travels in the `errors` keyword.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 from typing import Any
 
-from celery import Task, chord, group
-from celery.exceptions import Retry
-from celery.result import AsyncResult
+from celery import Task
 
 from masterplan import pipeline
-from masterplan.personas import PERSONA_KEYS
+from masterplan.db.session import is_db_unavailable
+from masterplan.stages import pipeline as stages
 from workers import app
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 ERROR_BUDGET = 2
+# Retries while the database is unreachable: 1, 2, 4 ... 30 s apart, about 20 minutes in all;
+# after that the task gives up and the sweep re-drives the job once the database is back.
+DB_RETRIES = 45
 
 
 def countdown(wait_ms: int) -> float:
@@ -31,56 +39,59 @@ def countdown(wait_ms: int) -> float:
     return wait_ms / 1000 + random.uniform(0.02, 0.05 + min(wait_ms, 10_000) / 20_000)
 
 
-class PipelineTask(Task):
-    """A step that dies unexpectedly ends its job `failed`, its partial results kept."""
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        job_id = kwargs.get("job_id") or (args[-1] if args else None)
-        if job_id:
-            pipeline.fail_job(get_runtime(), job_id, f"{self.name} crashed: {type(exc).__name__}: {exc}")
+def _db_backoff(n: int) -> float:
+    return min(30.0, 2.0**n) * random.uniform(0.8, 1.2)
 
 
-def _step(task: Task, fn: Any, job_id: str, errors: int, **kw: Any) -> dict[str, str]:
+def _db_retry(task: Task, kw: dict[str, Any], pending: dict[str, Any] | None, n: int,
+              exc: BaseException) -> BaseException:
+    if n >= DB_RETRIES:
+        return exc  # the sweep re-drives the job once the database is back
+    return task.retry(countdown=_db_backoff(n), max_retries=None,  # type: ignore[no-any-return]
+                      kwargs={**kw, "pending": pending, "db_retries": n + 1})
+
+
+@app.task(bind=True, name="masterplan.stage", max_retries=None, ignore_result=True)
+def stage(self: Task, *, job_id: str, stage: str, errors: int = 0,
+          pending: dict[str, Any] | None = None, db_retries: int = 0) -> dict[str, Any]:
+    """Never raises for LLM trouble: a failure is the stage's result, stored like a success."""
+    rt = get_runtime()
+    kw = {"job_id": job_id, "stage": stage, "errors": errors, "db_retries": 0}
     try:
-        return fn(get_runtime(), job_id, errors_left=ERROR_BUDGET - errors, **kw).as_dict()
+        if pending is not None:
+            result = pipeline.store_pending(rt, job_id, stage, pending)
+        else:
+            result = pipeline.run_stage(rt, job_id, stage, errors_left=ERROR_BUDGET - errors)
     except pipeline.Deferred as d:
-        log.info("%s for job %s waits %d ms: %s", task.name, job_id, d.wait_ms, d.reason)
-        raise task.retry(countdown=countdown(d.wait_ms), max_retries=None,
-                         kwargs={**kw, "job_id": job_id, "errors": errors + int(d.is_error)}) from d
-
-
-@app.task(bind=True, name="masterplan.persona", max_retries=None)
-def persona(self: Task, *, job_id: str, persona: str, errors: int = 0) -> dict[str, str]:
-    """Never raises for LLM trouble: failures are recorded so the chord reaches synthesis."""
-    try:
-        return _step(self, pipeline.run_persona, job_id, errors, persona=persona)
-    except Retry:
-        raise
+        log.info("stage %s of job %s waits %d ms: %s", stage, job_id, d.wait_ms, d.reason)
+        raise self.retry(countdown=countdown(d.wait_ms), max_retries=None,
+                         kwargs={**kw, "errors": errors + int(d.is_error)}) from d
+    except pipeline.StoreLater as keep:
+        log.warning("stage %s of job %s: %s", stage, job_id, keep)
+        raise _db_retry(self, kw, keep.outcome, db_retries, keep) from keep
     except Exception as exc:
-        log.exception("persona %s of job %s crashed", persona, job_id)
-        return pipeline.record_persona_crash(get_runtime(), job_id, persona, exc).as_dict()
+        if is_db_unavailable(exc):
+            log.warning("stage %s of job %s: database unreachable, retrying: %s", stage, job_id, exc)
+            raise _db_retry(self, kw, pending, db_retries, exc) from exc
+        log.exception("stage %s of job %s crashed", stage, job_id)
+        result = pipeline.record_crash(rt, job_id, stage, exc)
+    try:
+        publish(job_id, result.ready)
+    except Exception as exc:  # noqa: BLE001 - stored; the sweep publishes what this could not
+        log.warning("job %s: could not publish %s (%s); the recovery sweep will", job_id,
+                    ", ".join(result.ready), exc)
+    return result.as_dict()
 
 
-@app.task(bind=True, base=PipelineTask, name="masterplan.synthesize", max_retries=None)
-def synthesize(self: Task, _results: Any = None, *, job_id: str, errors: int = 0) -> dict[str, str]:
-    return _step(self, pipeline.synthesize, job_id, errors)
+def publish(job_id: str, names: Iterable[str], *, retry: bool = True) -> None:
+    """Send a task for each stage, to its queue. Raises when the broker cannot take one."""
+    p = stages()
+    for name in names:
+        stage.apply_async(kwargs={"job_id": job_id, "stage": name}, queue=p[name].queue,
+                          retry=retry)
 
 
-@app.task(bind=True, base=PipelineTask, name="masterplan.devils_advocate", max_retries=None)
-def devils_advocate(self: Task, _prev: Any = None, *, job_id: str, errors: int = 0) -> dict[str, str]:
-    return _step(self, pipeline.critique, job_id, errors)
-
-
-@app.task(bind=True, base=PipelineTask, name="masterplan.finalize")
-def finalize(self: Task, _prev: Any = None, *, job_id: str) -> dict[str, str]:
-    return pipeline.finalize(get_runtime(), job_id).as_dict()
-
-
-def masterplan_canvas(job_id: str) -> Any:
-    header = group(persona.si(job_id=job_id, persona=p) for p in PERSONA_KEYS)
-    body = synthesize.s(job_id=job_id)
-    return chord(header, body) | devils_advocate.s(job_id=job_id) | finalize.s(job_id=job_id)
-
-
-def enqueue(job_id: str) -> AsyncResult:
-    return masterplan_canvas(job_id).apply_async()
+def enqueue(job_id: str) -> None:
+    """Publish a new job's first stages (those that need nothing). The job row is the outbox:
+    if this fails, the sweep publishes them later."""
+    publish(job_id, [s.name for s in stages().stages if not s.needs], retry=False)

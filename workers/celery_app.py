@@ -9,6 +9,7 @@ from celery import Celery, signals
 
 from masterplan.errors import ConfigError, SchemaBehindError
 from masterplan.logs import setup_logging
+from masterplan.recovery import Sweeper
 from masterplan.settings import Settings, chain_summary
 from workers import runtime
 from workers.config import celery_config
@@ -38,6 +39,30 @@ def _check_at_start(**_: object) -> None:
         logging.getLogger("masterplan.worker").critical("%s", exc)
         sys.exit(2)
     logging.getLogger("masterplan.worker").info("worker starting, %s", chain_summary(settings))
+
+
+_sweepers: list[Sweeper] = []
+
+
+def start_sweeper() -> Sweeper:
+    """Every worker process sweeps: recovery needs no leader (SQL guards each re-drive)."""
+    from tasks.pipeline import publish
+
+    interval = runtime.get_runtime().settings.sweep_interval_s
+    sweeper = Sweeper(runtime.get_runtime, publish, interval).start()
+    _sweepers.append(sweeper)
+    return sweeper
+
+
+@signals.worker_ready.connect
+def _sweep_while_ready(**_: object) -> None:
+    start_sweeper()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeping(**_: object) -> None:
+    while _sweepers:
+        _sweepers.pop().stop()
 
 
 @signals.worker_process_init.connect

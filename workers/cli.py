@@ -48,6 +48,7 @@ def demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from masterplan.db import queries as q
+    from masterplan.db.models import OPEN
     from masterplan.settings import chain_summary
     from tasks.pipeline import enqueue
     from workers.embedded import embedded_worker
@@ -71,16 +72,16 @@ def demo(args: argparse.Namespace) -> int:
                 with rt.sessions() as s:
                     j = q.get_job(s, job_id=job.id)
                     assert j is not None
-                    runs = q.persona_runs(s, job_id=job.id)
+                    runs = q.stage_runs(s, job_id=job.id)
                     live.update(progress_table(j, runs, time.perf_counter() - started))
-                    if j.status in ("succeeded", "failed"):
+                    if j.status not in OPEN:
                         break
                 time.sleep(0.05)
         console.print()
         with rt.sessions() as s:
             j = q.get_job(s, job_id=job.id)
             assert j is not None
-            render_job(console, j, q.persona_runs(s, job_id=job.id),
+            render_job(console, j, q.stage_runs(s, job_id=job.id),
                        q.usage_by_stage(s, job_id=job.id), rt.settings)
     rt.close()
     return 0 if j.status == "succeeded" else 1

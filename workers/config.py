@@ -12,9 +12,8 @@ from typing import Any
 from kombu import Queue
 
 from masterplan.settings import Settings
+from masterplan.stages import PERSONA_QUEUE, PIPELINE_QUEUE
 
-PERSONA_QUEUE = "personas"
-PIPELINE_QUEUE = "pipeline"
 SOFT_TIME_LIMIT_S = 300
 HARD_TIME_LIMIT_S = 330
 VISIBILITY_TIMEOUT_S = 3600
@@ -42,16 +41,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": (Queue(PERSONA_QUEUE, routing_key=PERSONA_QUEUE),
                         Queue(PIPELINE_QUEUE, routing_key=PIPELINE_QUEUE)),
         "task_default_queue": PIPELINE_QUEUE,
-        "task_routes": {"masterplan.persona": {"queue": PERSONA_QUEUE}},
+        # The database holds every result and decides what runs next: no chord, no result
+        # backend on the hot path, nothing in Redis whose loss could strand a job.
+        "task_ignore_result": True,
         "worker_hijack_root_logger": False,
+        # A publish that cannot reach the broker fails fast; the job row is the outbox.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1,
+                                      "interval_step": 0.2, "interval_max": 0.3},
     }
     if settings.broker_url.startswith("memory://"):
         # kombu's memory transport polls once a second by default: ~1 s per hop.
         conf["broker_transport_options"] = {"polling_interval": 0.005}
+    elif settings.broker_url.startswith(("amqp", "pyamqp")):
+        # RabbitMQ redelivers a dead consumer's unacked messages at once (no visibility timeout).
+        conf["broker_connection_timeout"] = 2
+        conf["broker_transport_options"] = {"confirm_publish": True}
     else:
         conf["broker_transport_options"] = {
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "global_keyprefix": f"{settings.redis_key_prefix}:",
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
         }
         conf["result_backend_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     return conf

@@ -25,9 +25,12 @@ class _Worker(WorkController):
 
 @contextmanager
 def embedded_worker(
-    app: Celery, *, concurrency: int = 8, loglevel: str = "WARNING", hostname: str | None = None
+    app: Celery, *, concurrency: int = 8, loglevel: str = "WARNING", hostname: str | None = None,
+    sweep: bool = True,
 ) -> Iterator[WorkController]:
-    """Start a worker thread, wait until it consumes, stop it on exit."""
+    """Start a worker thread, wait until it consumes, stop it on exit; with `sweep`, the
+    recovery sweep runs beside it as in a worker process."""
+    from workers.celery_app import start_sweeper
     from celery.utils.nodenames import anon_nodename
 
     app.finalize()
@@ -44,8 +47,11 @@ def embedded_worker(
         raise RuntimeError("the embedded worker did not start within 30 s")
     # The worker marks the whole process as "inside a task"; the caller's thread is not.
     _set_task_join_will_block(False)
+    sweeper = start_sweeper() if sweep else None
     try:
         yield worker
     finally:
+        if sweeper is not None:
+            sweeper.stop()
         worker.stop(in_sighandler=False)
         thread.join(10)

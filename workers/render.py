@@ -1,4 +1,4 @@
-"""Terminal rendering for the demo: live persona progress, the plan, the verdict, the costs."""
+"""Terminal rendering for the demo: live stage progress, the plan, the verdict, the costs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from rich.panel import Panel
 from rich.table import Table
 
 from masterplan.settings import KNOWN_PROVIDERS, Settings
+from masterplan.stages import pipeline
 
 _ICON = {"pending": "[dim]○ waiting[/dim]", "running": "[yellow]◐ running[/yellow]",
-         "succeeded": "[green]● done[/green]", "failed": "[red]✗ failed[/red]"}
+         "succeeded": "[green]● done[/green]", "failed": "[red]✗ failed[/red]",
+         "cancelled": "[dim]– cancelled[/dim]"}
 
 
 def progress_table(job: Any, runs: list[Any], elapsed_s: float) -> Table:
@@ -19,12 +21,10 @@ def progress_table(job: Any, runs: list[Any], elapsed_s: float) -> Table:
     t.add_column("stage")
     t.add_column("status")
     t.add_column("provider")
+    p = pipeline()
     for r in runs:
-        t.add_row(r.persona, _ICON.get(r.status, r.status), r.provider or "")
-    synth = "succeeded" if job.synthesis else ("failed" if job.status == "failed" else "pending")
-    crit = "succeeded" if job.critique else ("failed" if job.status == "failed" else "pending")
-    t.add_row("synthesis", _ICON[synth], job.synthesis_provider or "")
-    t.add_row("devil's advocate", _ICON[crit], job.critique_provider or "")
+        title = p[r.stage].title if r.stage in p.order else r.stage
+        t.add_row(title, _ICON.get(r.status, r.status), r.provider or "")
     return t
 
 
@@ -36,7 +36,8 @@ def render_job(console: Console, job: Any, runs: list[Any], usage: list[dict[str
                settings: Settings) -> None:
     if job.status == "failed":
         console.print(Panel(job.error or "unknown", title="[red]job failed[/red]"))
-    plan = job.synthesis
+    outputs = {r.stage: r.output for r in runs if r.output}
+    plan = outputs.get("synthesis")
     if plan:
         roadmap = "\n".join(f"{i + 1}. {p['name']} ({p['duration_weeks']} wk): {', '.join(p['goals'])}"
                             for i, p in enumerate(plan["roadmap"]))
@@ -47,7 +48,7 @@ def render_job(console: Console, job: Any, runs: list[Any], usage: list[dict[str
             "", "[b]Roadmap[/b]", roadmap, "", "[b]Success metrics[/b]",
             _bullets(plan["success_metrics"]),
         ), title=f"Masterplan — {job.idea[:60]}"))
-    crit = job.critique
+    crit = outputs.get("critique")
     if crit:
         console.print(Panel(Group(
             f"[b]Verdict:[/b] {crit['verdict']} — score {crit['score']}/10", crit["reasoning"], "",

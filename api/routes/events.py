@@ -12,11 +12,11 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import OwnerDep, RuntimeDep
 from masterplan.db import queries as q
+from masterplan.db.models import OPEN
 from masterplan.runtime import Runtime
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 POLL_S = 0.25
-FINISHED = ("succeeded", "failed")
 
 
 def _snapshot(rt: Runtime, job_id: str) -> dict[str, Any]:
@@ -26,10 +26,8 @@ def _snapshot(rt: Runtime, job_id: str) -> dict[str, Any]:
         return {
             "id": job.id,
             "status": job.status,
-            "personas": {r.persona: {"status": r.status, "provider": r.provider}
-                         for r in q.persona_runs(s, job_id=job_id)},
-            "synthesis": job.synthesis_provider if job.synthesis else None,
-            "critique": job.critique_provider if job.critique else None,
+            "stages": {r.stage: {"status": r.status, "provider": r.provider}
+                       for r in q.stage_runs(s, job_id=job_id)},
             "error": job.error,
         }
 
@@ -40,7 +38,7 @@ def _progress(rt: Runtime, job_id: str) -> Iterator[str]:
     last: dict[str, Any] | None = None
     while True:
         now = _snapshot(rt, job_id)
-        if now["status"] in FINISHED:
+        if now["status"] not in OPEN:
             yield f"event: done\ndata: {json.dumps(now)}\n\n"
             return
         if now != last:

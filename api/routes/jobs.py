@@ -10,38 +10,54 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import OwnerDep, RuntimeDep, SessionDep
-from api.schemas import JobCreate, JobList, JobPublic, JobSummary, PersonaPublic, Usage
+from api.schemas import JobCreate, JobList, JobPublic, JobSummary, PersonaPublic, StagePublic, Usage
+from masterplan import pipeline as pipeline_steps
 from masterplan.db import queries as q
-from masterplan.db.models import Job, JobStatus, utcnow
+from masterplan.db.models import Job, StageRun, utcnow
 from masterplan.runtime import Runtime
 from masterplan.settings import provider_chain
+from masterplan.stages import Kind, Pipeline, pipeline
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
+def _stage_public(p: Pipeline, r: StageRun) -> StagePublic:
+    known = p[r.stage] if r.stage in p.order else None
+    return StagePublic(stage=r.stage, title=known.title if known else r.stage,
+                       kind=known.kind.value if known else "unknown", status=r.status,
+                       provider=r.provider, model=r.model, attempts=r.attempts, error=r.error,
+                       latency_ms=r.latency_ms, output=r.output)
+
+
 def job_public(session: Session, job: Job, primary: str) -> JobPublic:
-    """`primary` is the chain's first provider: an output from any other one is degraded."""
+    """`primary` is the chain's first provider: an output from any other one is degraded.
+    The personas, the synthesis and the critique are read from the job's stage rows."""
+    p = pipeline()
     by_stage = q.usage_by_stage(session, job_id=job.id)
-    runs = q.persona_runs(session, job_id=job.id)
-    used = {r.provider for r in runs} | {job.synthesis_provider, job.critique_provider}
+    stages = [_stage_public(p, r) for r in q.stage_runs(session, job_id=job.id)]
+    named = {st.stage: st for st in stages}
+    personas = set(p.of_kind(Kind.PERSONA))
     totals = {
         "input_tokens": sum(r["input_tokens"] for r in by_stage),
         "output_tokens": sum(r["output_tokens"] for r in by_stage),
         "cost_usd": round(sum(r["cost_usd"] for r in by_stage), 6),
         "wait_ms": sum(r["wait_ms"] for r in by_stage),
     }
+    synthesis, critique = named.get("synthesis"), named.get("critique")
     return JobPublic(
         **JobSummary.model_validate(job, from_attributes=True).model_dump(),
         context=job.context,
         started_at=job.started_at,
-        personas=[PersonaPublic.model_validate(r, from_attributes=True) for r in runs],
-        synthesis=job.synthesis,
-        synthesis_provider=job.synthesis_provider,
-        critique=job.critique,
-        critique_provider=job.critique_provider,
+        personas=[PersonaPublic(persona=st.stage, **st.model_dump(exclude={"stage", "title", "kind"}))
+                  for st in stages if st.stage in personas],
+        synthesis=synthesis.output if synthesis else None,
+        synthesis_provider=synthesis.provider if synthesis and synthesis.output else None,
+        critique=critique.output if critique else None,
+        critique_provider=critique.provider if critique and critique.output else None,
+        stages=stages,
         usage=Usage.model_validate({"by_stage": by_stage, "totals": totals}),
-        degraded=bool(used - {None, primary}),
+        degraded=bool({st.provider for st in stages if st.output} - {None, primary}),
     )
 
 
@@ -87,17 +103,32 @@ def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response,
             return job_public(session, job, _primary(rt))
     try:
         enqueue(job.id)
-    except Exception as exc:  # noqa: BLE001 - the broker is down: keep the job, say why
-        reason = f"could not enqueue: broker unreachable ({type(exc).__name__})"
-        log.error("job %s: %s", job.id, reason)
+    except Exception as exc:  # noqa: BLE001 - the broker is away: the job row is the outbox
+        log.warning("job %s stored, not yet published (broker unreachable: %s: %s); the recovery "
+                    "sweep publishes it", job.id, type(exc).__name__, exc)
         with rt.sessions.begin() as session:
-            q.update_job(session, job_id=job.id, status=JobStatus.FAILED.value, error=reason,
-                         finished_at=utcnow())
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"job {job.id} was stored but {reason}; submit it again later") from exc
+            q.update_job(session, job_id=job.id, check_at=utcnow())
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     with rt.sessions() as session:
         return job_public(session, q.get_job(session, job_id=job.id), _primary(rt))  # type: ignore[arg-type]
+
+
+@router.delete("/{job_id}", response_model=JobPublic,
+               responses={404: {"description": "No such job for this API key"},
+                          409: {"description": "The job has already ended"}})
+def cancel(job_id: str, owner: OwnerDep, rt: RuntimeDep) -> JobPublic:
+    """Cancel a queued or running job: no new LLM call starts for it; calls already running
+    finish and are recorded; what finished is kept."""
+    found, cancelled = pipeline_steps.cancel(rt, job_id, owner=owner)
+    if not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} for this API key")
+    with rt.sessions() as session:
+        job = q.get_job(session, job_id=job_id)
+        assert job is not None
+        if not cancelled:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"job {job_id} has already ended ({job.status}); nothing to cancel")
+        return job_public(session, job, _primary(rt))
 
 
 @router.get("/{job_id}", response_model=JobPublic)

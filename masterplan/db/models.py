@@ -1,4 +1,4 @@
-"""Tables: jobs, persona_runs, llm_calls. The database is the source of truth for a job."""
+"""Tables: jobs, stage_runs, llm_calls. The database is the source of truth for a job."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+OPEN = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 class RunStatus(StrEnum):
@@ -26,9 +30,10 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINISHED = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)
+FINISHED = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 
 _TS = sa.DateTime(timezone=True)
 
@@ -50,10 +55,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     deadline_at: Mapped[datetime]
     error: Mapped[str | None] = mapped_column(sa.Text)
-    synthesis: Mapped[dict[str, Any] | None]
-    synthesis_provider: Mapped[str | None] = mapped_column(sa.String(64))
-    critique: Mapped[dict[str, Any] | None]
-    critique_provider: Mapped[str | None] = mapped_column(sa.String(64))
+    # Recovery: an open job with nothing done by `check_at` is re-driven from its rows;
+    # `redrives` counts re-drives since its last finished stage.
+    check_at: Mapped[datetime | None] = mapped_column(index=True)
+    redrives: Mapped[int] = mapped_column(default=0)
     # A client's retry of the same submission (Idempotency-Key header) finds this job.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(128))
 
@@ -63,12 +68,14 @@ class Job(Base):
     )
 
 
-class PersonaRun(Base):
-    __tablename__ = "persona_runs"
+class StageRun(Base):
+    """One stage of one job: claimed under a lease renewed while its call runs, finished once."""
+
+    __tablename__ = "stage_runs"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
-    persona: Mapped[str] = mapped_column(sa.String(32))
+    stage: Mapped[str] = mapped_column(sa.String(32))
     status: Mapped[str] = mapped_column(sa.String(16), default=RunStatus.PENDING.value)
     output: Mapped[dict[str, Any] | None]
     provider: Mapped[str | None] = mapped_column(sa.String(64))
@@ -76,11 +83,18 @@ class PersonaRun(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(sa.Text)
     claimed_at: Mapped[datetime | None]
+    claim_id: Mapped[str | None] = mapped_column(sa.String(32))
+    lease_until: Mapped[datetime | None]
+    # Handed back to wait for a provider: its retry is due then (a wait, not a stall).
+    not_before: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     latency_ms: Mapped[int | None]
 
-    __table_args__ = (sa.UniqueConstraint("job_id", "persona", name="uq_persona_runs_job_persona"),)
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "stage", name="uq_stage_runs_job_stage"),
+        sa.Index("ix_stage_runs_lease", "status", "lease_until"),
+    )
 
 
 class LLMCall(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, cast
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from masterplan.db.models import FINISHED, Job, JobStatus, LLMCall, PersonaRun, RunStatus, utcnow
-from masterplan.personas import PERSONA_KEYS
+from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, LLMCall, RunStatus, StageRun, utcnow
+from masterplan.stages import pipeline
 
 
 def create_job(
@@ -28,8 +28,8 @@ def create_job(
     )
     session.add(job)
     session.flush()
-    session.add_all(PersonaRun(job_id=job.id, persona=p, status=RunStatus.PENDING.value, attempts=0)
-                    for p in PERSONA_KEYS)
+    session.add_all(StageRun(job_id=job.id, stage=st, status=RunStatus.PENDING.value, attempts=0)
+                    for st in pipeline().names)
     return job
 
 
@@ -54,11 +54,12 @@ def list_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> S
     return session.scalars(stmt).all()
 
 
-def persona_runs(session: Session, *, job_id: str) -> list[PersonaRun]:
-    rows = session.scalars(sa.select(PersonaRun).where(PersonaRun.job_id == job_id)
+def stage_runs(session: Session, *, job_id: str) -> list[StageRun]:
+    """The job's stages in pipeline order."""
+    rows = session.scalars(sa.select(StageRun).where(StageRun.job_id == job_id)
                            .execution_options(populate_existing=True)).all()
-    order = {p: i for i, p in enumerate(PERSONA_KEYS)}
-    return sorted(rows, key=lambda r: order.get(r.persona, 99))
+    order = pipeline().order
+    return sorted(rows, key=lambda r: order.get(r.stage, len(order)))
 
 
 def _dml(session: Session, stmt: Any) -> int:
@@ -74,61 +75,101 @@ def _dml(session: Session, stmt: Any) -> int:
 
 
 _JOBS = cast(sa.Table, Job.__table__)
-_RUNS = cast(sa.Table, PersonaRun.__table__)
+_RUNS = cast(sa.Table, StageRun.__table__)
 _CALLS = cast(sa.Table, LLMCall.__table__)
-_OPEN = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
-def claim_persona(
-    session: Session, *, job_id: str, persona: str, lease_s: int, mark_running: bool = True
-) -> str:
-    """Claim a persona run for this delivery. Returns "claimed", "finished" or "busy".
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming a stage for one delivery of its task."""
 
-    First claim wins; a claim older than the lease (its worker died) can be taken over.
-    `mark_running=False` skips moving the job from queued to running, for a caller that has
-    just read the job and knows it is no longer queued (one statement fewer).
+    state: str  # claimed | finished | busy | closed (the job is no longer open)
+    took_over: bool = False  # the previous holder's lease had run out
+
+
+def claim_stage(
+    session: Session, *, job_id: str, stage: str, claim_id: str, lease_s: float,
+    mark_running: bool = True,
+) -> Claim:
+    """Claim a stage for this delivery under a lease that the holder renews while it works.
+
+    First claim wins; a claim whose lease ran out (its worker died) is taken over, and the call
+    it had in flight is written to the ledger as `lost`. Nothing is claimed for a job that is no
+    longer open (finished or cancelled). `mark_running=False` skips moving the job from queued to
+    running, for a caller that has just read the job and knows it is past queued.
     """
     now = utcnow()
-    stale = now - timedelta(seconds=lease_s)
     r = _RUNS.c
-    claimed = _dml(session,
-        sa.update(_RUNS)
-        .where(
-            r.job_id == job_id, r.persona == persona,
-            sa.or_(r.status == RunStatus.PENDING.value,
-                   sa.and_(r.status == RunStatus.RUNNING.value, r.claimed_at < stale)),
-        )
-        .values(status=RunStatus.RUNNING.value, claimed_at=now,
-                started_at=sa.func.coalesce(r.started_at, now), attempts=r.attempts + 1)
-    )
-    if claimed:
-        if mark_running:
-            _dml(session,
-                sa.update(_JOBS)
-                .where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.RUNNING.value, started_at=now)
-            )
-        return "claimed"
-    status = session.scalar(
-        sa.select(r.status).where(r.job_id == job_id, r.persona == persona)
-    )
-    if status is None:
-        raise LookupError(f"job {job_id} has no persona {persona!r}")
-    return "finished" if status in FINISHED else "busy"
+    job_open = sa.exists().where(_JOBS.c.id == job_id, _JOBS.c.status.in_(OPEN))
+    values = dict(status=RunStatus.RUNNING.value, claim_id=claim_id, claimed_at=now,
+                  lease_until=now + timedelta(seconds=lease_s),
+                  started_at=sa.func.coalesce(r.started_at, now), attempts=r.attempts + 1)
+    base = sa.update(_RUNS).where(r.job_id == job_id, r.stage == stage, job_open)
+    took_over = False
+    if not _dml(session, base.where(r.status == RunStatus.PENDING.value).values(**values)):
+        took_over = bool(_dml(session, base.where(
+            r.status == RunStatus.RUNNING.value, r.lease_until < now).values(**values)))
+        if not took_over:
+            row = session.execute(sa.select(r.status, _JOBS.c.status).join(_JOBS, _JOBS.c.id == r.job_id)
+                                  .where(r.job_id == job_id, r.stage == stage)).first()
+            if row is None:
+                raise LookupError(f"job {job_id} has no stage {stage!r}")
+            if row[0] in FINISHED:
+                return Claim("finished")
+            return Claim("closed" if row[1] not in OPEN else "busy")
+        record_lost(session, job_id=job_id, stages=[stage])
+    if mark_running:
+        _dml(session, sa.update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == JobStatus.QUEUED.value)
+             .values(status=JobStatus.RUNNING.value, started_at=now))
+    return Claim("claimed", took_over)
 
 
-def release_persona(session: Session, *, job_id: str, persona: str) -> None:
-    """Hand a claimed run back (the task will be retried later)."""
+def record_lost(session: Session, *, job_id: str, stages: Iterable[str]) -> None:
+    """The ledger's account of a call whose worker died while it was in flight: what it cost is
+    unknown to us (the provider may have charged it), so the row says so rather than nothing."""
+    now = utcnow()
+    session.execute(sa.insert(_CALLS), [
+        dict(job_id=job_id, stage=st, provider="-", model="-", outcome="lost",
+             error="the worker running this stage was lost (its lease ran out); a call it had "
+                   "in flight may have been charged", created_at=now,
+             input_tokens=0, output_tokens=0, cost_usd=0.0, latency_ms=0, wait_ms=0)
+        for st in stages])
+
+
+def release_stage(session: Session, *, job_id: str, stage: str, claim_id: str,
+                  not_before_ms: int = 0) -> None:
+    """Hand a claimed run back: its task is retried after `not_before_ms` (a wait, not a stall)."""
     r = _RUNS.c
     _dml(session,
         sa.update(_RUNS)
-        .where(r.job_id == job_id, r.persona == persona, r.status == RunStatus.RUNNING.value)
-        .values(status=RunStatus.PENDING.value, claimed_at=None)
+        .where(r.job_id == job_id, r.stage == stage, r.claim_id == claim_id,
+               r.status == RunStatus.RUNNING.value)
+        .values(status=RunStatus.PENDING.value, claim_id=None, lease_until=None,
+                not_before=utcnow() + timedelta(milliseconds=not_before_ms))
     )
 
 
-def finish_persona(
-    session: Session, *, job_id: str, persona: str, status: RunStatus,
+def renew_leases(session: Session, *, claim_ids: Sequence[str], lease_s: float) -> int:
+    """Extend the leases this process holds (its heartbeat)."""
+    if not claim_ids:
+        return 0
+    r = _RUNS.c
+    return _dml(session, sa.update(_RUNS)
+                .where(r.claim_id.in_(claim_ids), r.status == RunStatus.RUNNING.value)
+                .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+
+
+def lock_stage_states(session: Session, *, job_id: str) -> dict[str, tuple[str, str | None]]:
+    """Every stage's (status, error), the rows locked until the transaction ends: the steps that
+    finish a job's stages serialise here, so exactly one of them sees its successor become ready."""
+    r = _RUNS.c
+    rows = session.execute(sa.select(r.stage, r.status, r.error).where(r.job_id == job_id)
+                           .with_for_update()).all()
+    return {stage: (status, error) for stage, status, error in rows}
+
+
+def finish_stage(
+    session: Session, *, job_id: str, stage: str, status: RunStatus,
     output: dict[str, Any] | None = None, provider: str | None = None, model: str | None = None,
     error: str | None = None, latency_ms: int | None = None,
 ) -> bool:
@@ -136,15 +177,96 @@ def finish_persona(
     r = _RUNS.c
     return bool(_dml(session,
         sa.update(_RUNS)
-        .where(r.job_id == job_id, r.persona == persona, r.status.not_in(FINISHED))
+        .where(r.job_id == job_id, r.stage == stage, r.status.not_in(FINISHED))
         .values(status=status.value, output=output, provider=provider, model=model, error=error,
-                latency_ms=latency_ms, finished_at=utcnow())
+                latency_ms=latency_ms, finished_at=utcnow(), claim_id=None, lease_until=None)
     ))
 
 
+def finish_open_stages(session: Session, *, job_id: str, status: RunStatus, error: str,
+                       only_pending: bool = False) -> None:
+    """Close the stages that will not run now (deadline, cancellation); finished ones are kept."""
+    r = _RUNS.c
+    states = (RunStatus.PENDING.value,) if only_pending else (RunStatus.PENDING.value,
+                                                              RunStatus.RUNNING.value)
+    _dml(session, sa.update(_RUNS).where(r.job_id == job_id, r.status.in_(states))
+         .values(status=status.value, error=error, finished_at=utcnow(), claim_id=None,
+                 lease_until=None))
+
+
+def stage_outputs(session: Session, *, job_id: str, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The outputs of those of `stages` that succeeded."""
+    r = _RUNS.c
+    rows = session.execute(sa.select(r.stage, r.output).where(
+        r.job_id == job_id, r.stage.in_(stages), r.status == RunStatus.SUCCEEDED.value)).all()
+    return {stage: output for stage, output in rows if output is not None}
+
+
+# -- recovery ------------------------------------------------------------------------------
+def reap_expired_leases(session: Session, *, max_attempts: int) -> list[tuple[str, str]]:
+    """Stages whose holder stopped renewing its lease (a dead worker): handed back as pending,
+    or failed after `max_attempts` claims (a stage that kills every worker it runs on).
+    Returns the (job_id, stage) pairs reaped; their lost calls are on the ledger."""
+    now = utcnow()
+    r = _RUNS.c
+    expired = session.execute(
+        sa.select(r.job_id, r.stage, r.attempts).where(
+            r.status == RunStatus.RUNNING.value, r.lease_until < now)
+        .with_for_update(skip_locked=True)).all()
+    reaped = []
+    for job_id, stage, attempts in expired:
+        give_up = attempts >= max_attempts
+        values: dict[str, Any] = dict(claim_id=None, lease_until=None)
+        if give_up:
+            values |= dict(status=RunStatus.FAILED.value, finished_at=now,
+                           error=f"its worker was lost {attempts} times while running it")
+        else:
+            values |= dict(status=RunStatus.PENDING.value, not_before=now)
+        if _dml(session, sa.update(_RUNS).where(r.job_id == job_id, r.stage == stage,
+                                                 r.status == RunStatus.RUNNING.value,
+                                                 r.lease_until < now).values(**values)):
+            record_lost(session, job_id=job_id, stages=[stage])
+            reaped.append((job_id, stage))
+    return reaped
+
+
+def stalled_jobs(session: Session, *, stall_s: float, limit: int = 500) -> list[tuple[str, int]]:
+    """Open jobs with nothing done for `stall_s` and no live lease, that are due a look
+    (`check_at`): (job_id, re-drives so far)."""
+    now = utcnow()
+    stale = now - timedelta(seconds=stall_s)
+    r, j = _RUNS.c, _JOBS.c
+    live = sa.exists().where(r.job_id == j.id, r.status == RunStatus.RUNNING.value, r.lease_until >= now)
+    recent = sa.exists().where(r.job_id == j.id, sa.or_(r.finished_at >= stale, r.claimed_at >= stale,
+                                                        r.not_before >= stale))
+    rows = session.execute(
+        sa.select(j.id, j.redrives).where(
+            j.status.in_(OPEN), j.created_at < stale,
+            sa.or_(j.check_at.is_(None), j.check_at < now), ~live, ~recent)
+        .order_by(j.created_at).limit(limit)).all()
+    return [(job_id, int(n)) for job_id, n in rows]
+
+
+def mark_redrive(session: Session, *, job_id: str, next_check_s: float) -> bool:
+    """Take this job's re-drive (one sweeper wins, whatever runs at once); count it."""
+    now = utcnow()
+    j = _JOBS.c
+    return bool(_dml(session, sa.update(_JOBS).where(
+        j.id == job_id, j.status.in_(OPEN), sa.or_(j.check_at.is_(None), j.check_at < now))
+        .values(check_at=now + timedelta(seconds=next_check_s), redrives=j.redrives + 1)))
+
+
+def overdue_jobs(session: Session, *, limit: int = 500) -> list[str]:
+    """Open jobs past their deadline."""
+    j = _JOBS.c
+    return list(session.scalars(sa.select(j.id).where(j.status.in_(OPEN), j.deadline_at < utcnow())
+                                .limit(limit)))
+
+
 def record_calls(session: Session, *, job_id: str, stage: str, attempts: Iterable[Any]) -> None:
-    """The ledger: one row per attempt (router `Attempt` dataclasses)."""
-    rows = [dict(asdict(a), job_id=job_id, stage=stage, created_at=utcnow()) for a in attempts]
+    """The ledger: one row per attempt (router `Attempt`s, or their dicts)."""
+    rows = [dict(a if isinstance(a, dict) else asdict(a), job_id=job_id, stage=stage,
+                 created_at=utcnow()) for a in attempts]
     if rows:
         session.flush()
         session.execute(sa.insert(_CALLS), rows)
@@ -154,7 +276,7 @@ def update_job(session: Session, *, job_id: str, only_if_open: bool = True, **va
     """Update the job's columns (Core: objects already loaded in the session are not refreshed)."""
     stmt = sa.update(_JOBS).where(_JOBS.c.id == job_id)
     if only_if_open:
-        stmt = stmt.where(_JOBS.c.status.in_(_OPEN))
+        stmt = stmt.where(_JOBS.c.status.in_(OPEN))
     return bool(_dml(session, stmt.values(**values)))
 
 
@@ -175,8 +297,8 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
         .where(c.job_id == job_id)
         .group_by(c.stage, c.provider)
     ).all()
-    order = {s: i for i, s in enumerate((*PERSONA_KEYS, "synthesis", "critique"))}
-    rows = sorted(rows, key=lambda r: (order.get(r[0], 99), r[0], r[1]))
+    order = pipeline().order
+    rows = sorted(rows, key=lambda r: (order.get(r[0], len(order)), r[0], r[1]))
     return [
         {"stage": r[0], "provider": r[1], "calls": r[2], "input_tokens": int(r[3]),
          "output_tokens": int(r[4]), "cost_usd": round(float(r[5]), 6), "wait_ms": int(r[6]),

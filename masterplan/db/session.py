@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,10 +39,27 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            # Transactions are begun below, not by the driver.
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+            # Take the write lock when a transaction begins: a transaction that reads a job's
+            # stages and then writes must see every commit before it (PostgreSQL's row locks
+            # give the same), or two finishing stages could each miss the other.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     # Enough connections for a threads-pool worker of a few dozen concurrent tasks.
     return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def is_db_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached right now (down, restarting, connection cut, pool
+    exhausted, SQLite locked): worth retrying, unlike a bad statement."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -26,7 +26,7 @@ def test_an_empty_database_is_refused_then_migrated(any_db_url: str) -> None:
 
     check_schema(engine)
     tables = set(sa.inspect(engine).get_table_names())
-    assert {"jobs", "persona_runs", "llm_calls", "alembic_version"} <= tables
+    assert {"jobs", "stage_runs", "llm_calls", "alembic_version"} <= tables
     with engine.connect() as c:
         assert c.scalar(sa.text("SELECT version_num FROM alembic_version")) == head_revision()
     engine.dispose()
@@ -40,37 +40,54 @@ def test_first_finished_write_wins_and_claims_are_exclusive(any_db_url: str) -> 
         job = q.create_job(s, owner="o", idea="idea", context={"k": 1}, deadline_s=60)
 
     with sessions.begin() as s:
-        assert q.claim_persona(s, job_id=job.id, persona="market", lease_s=300) == "claimed"
+        assert q.claim_stage(s, job_id=job.id, stage="market", claim_id="a", lease_s=300).state == "claimed"
     with sessions.begin() as s:
         # A second delivery while the first is running does not get to call the LLM.
-        assert q.claim_persona(s, job_id=job.id, persona="market", lease_s=300) == "busy"
+        assert q.claim_stage(s, job_id=job.id, stage="market", claim_id="b", lease_s=300).state == "busy"
     with sessions.begin() as s:
-        assert q.finish_persona(s, job_id=job.id, persona="market", status=RunStatus.SUCCEEDED,
-                                output={"summary": "first"}, provider="p1")
+        assert q.finish_stage(s, job_id=job.id, stage="market", status=RunStatus.SUCCEEDED,
+                              output={"summary": "first"}, provider="p1")
     with sessions.begin() as s:
-        assert not q.finish_persona(s, job_id=job.id, persona="market", status=RunStatus.SUCCEEDED,
-                                    output={"summary": "second"}, provider="p2")
-        assert q.claim_persona(s, job_id=job.id, persona="market", lease_s=300) == "finished"
+        assert not q.finish_stage(s, job_id=job.id, stage="market", status=RunStatus.SUCCEEDED,
+                                  output={"summary": "second"}, provider="p2")
+        assert q.claim_stage(s, job_id=job.id, stage="market", claim_id="c",
+                             lease_s=300).state == "finished"
 
     with sessions() as s:
-        runs = [r for r in q.persona_runs(s, job_id=job.id) if r.persona == "market"]
+        runs = [r for r in q.stage_runs(s, job_id=job.id) if r.stage == "market"]
         assert len(runs) == 1
         assert runs[0].output == {"summary": "first"} and runs[0].provider == "p1"
         assert q.get_job(s, job_id=job.id).status == "running"
     engine.dispose()
 
 
-def test_a_stale_claim_is_taken_over(any_db_url: str) -> None:
+def test_a_claim_whose_lease_ran_out_is_taken_over_and_its_call_written_as_lost(any_db_url: str) -> None:
     engine = make_engine(any_db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as s:
         job = q.create_job(s, owner="o", idea="idea", context=None, deadline_s=60)
-        assert q.claim_persona(s, job_id=job.id, persona="risk", lease_s=300) == "claimed"
+        assert q.claim_stage(s, job_id=job.id, stage="risk", claim_id="a", lease_s=0.001).state == "claimed"
     with sessions.begin() as s:
-        # Its worker died: after the lease, the claim can be taken over.
-        assert q.claim_persona(s, job_id=job.id, persona="risk", lease_s=0) == "claimed"
+        # Its worker died: nobody renewed the lease, so the claim can be taken over.
+        claim = q.claim_stage(s, job_id=job.id, stage="risk", claim_id="b", lease_s=300)
+        assert claim.state == "claimed" and claim.took_over
+        # and the old holder can no longer hand it back
+        q.release_stage(s, job_id=job.id, stage="risk", claim_id="a")
     with sessions() as s:
-        run = next(r for r in q.persona_runs(s, job_id=job.id) if r.persona == "risk")
-        assert run.attempts == 2
+        run = next(r for r in q.stage_runs(s, job_id=job.id) if r.stage == "risk")
+        assert run.attempts == 2 and run.status == "running" and run.claim_id == "b"
+        assert [(c.stage, c.outcome) for c in q.llm_calls(s, job_id=job.id)] == [("risk", "lost")]
+    engine.dispose()
+
+
+def test_no_stage_is_claimed_for_a_cancelled_job(any_db_url: str) -> None:
+    engine = make_engine(any_db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        job = q.create_job(s, owner="o", idea="idea", context=None, deadline_s=60)
+        q.update_job(s, job_id=job.id, status="cancelled")
+    with sessions.begin() as s:
+        assert q.claim_stage(s, job_id=job.id, stage="growth", claim_id="a", lease_s=30).state == "closed"
     engine.dispose()

@@ -33,7 +33,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-            if job["status"] in ("succeeded", "failed"):
+            if job["status"] not in ("queued", "running"):
                 return job  # type: ignore[no-any-return]
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")

@@ -131,6 +131,7 @@ def test_progress_streams_as_server_sent_events_until_the_job_is_done(make_stack
             elif line.startswith("data: "):
                 events.append((name, json.loads(line.removeprefix("data: "))))
     assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded"
-    assert events[-1][1]["synthesis"] == "stub" and events[-1][1]["critique"] == "stub"
+    final = events[-1][1]["stages"]
+    assert final["synthesis"] == final["critique"] == {"status": "succeeded", "provider": "stub"}
     assert len([e for e in events if e[0] == "progress"]) >= 2  # it changed while we watched
     assert stack.client.get(f"/v1/jobs/{job_id}/events", headers=AUTH_B).status_code == 404

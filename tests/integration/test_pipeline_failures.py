@@ -1,11 +1,15 @@
-"""Personas that fail, deliveries that repeat: the chord still ends in a stored, honest job."""
+"""Personas that fail, deliveries that repeat: the pipeline still ends in a stored, honest job."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from masterplan.stages import PIPELINE, Kind
 from masterplan.testing.fake_provider import FakePrompt, FakeProvider, default_responder
 from tests.integration.conftest import Stack, fake_env
 
@@ -68,45 +72,67 @@ def test_min_personas_is_configurable(make_stack, fake) -> None:
     assert stack.wait(stack.submit())["status"] == "succeeded"
 
 
-def test_a_persona_task_delivered_twice_calls_the_llm_once(make_stack, fake) -> None:
-    from tasks.pipeline import persona
+def _run_stage_task(job_id: str, stage: str) -> dict[str, Any]:
+    """Deliver one stage task through the broker and wait for what it returned."""
+    from tasks.pipeline import stage as stage_task
 
+    return stage_task.apply_async(  # type: ignore[no-any-return]
+        kwargs={"job_id": job_id, "stage": stage}, queue=PIPELINE[stage].queue,
+        ignore_result=False).get(timeout=15)
+
+
+def test_a_persona_task_delivered_twice_calls_the_llm_once(make_stack, fake) -> None:
     stack: Stack = make_stack({"LLM_PROVIDERS": "groq", **fake_env("groq", fake)})
     job = stack.wait(stack.submit())
     before = fake.count()
 
-    again = persona.apply_async(kwargs={"job_id": job["id"], "persona": "market"}).get(timeout=10)
+    again = _run_stage_task(job["id"], "market")
 
-    assert again == {"stage": "market", "status": "succeeded"}
+    assert again == {"stage": "market", "status": "finished", "ready": []}
     assert fake.count() == before
     market = [c for c in stack.calls(job["id"]) if c.stage == "market"]
     assert len(market) == 1
     assert len([p for p in stack.wait(job["id"])["personas"] if p["persona"] == "market"]) == 1
 
 
-def test_synthesis_waits_for_personas_the_database_says_are_running(make_stack) -> None:
-    """A redelivered header task can make the chord fire early; synthesis checks the database."""
+def test_a_synthesis_delivered_before_its_personas_finished_does_not_run(make_stack) -> None:
+    """Only the database says whether the personas are done; an early synthesis hands its
+    claim back, and the last persona to finish publishes it."""
     from masterplan.db import queries as q
     from masterplan.db.models import RunStatus
-    from tasks.pipeline import synthesize
+    from tasks.pipeline import publish
 
     stack: Stack = make_stack()
     with stack.runtime.sessions.begin() as s:
         job = q.create_job(s, owner="t", idea="an idea", context=None, deadline_s=60)
-    result = synthesize.apply_async(kwargs={"job_id": job.id})
-    # Nothing is finished: synthesis retries itself instead of running on nothing.
-    import time
 
-    time.sleep(1.5)
+    assert _run_stage_task(job.id, "synthesis") == {"stage": "synthesis", "status": "not_ready",
+                                                    "ready": []}
+    assert not stack.calls(job.id)
     with stack.runtime.sessions() as s:
-        assert q.get_job(s, job_id=job.id).synthesis is None
-    from tasks.pipeline import persona
-    for p in ("market", "technical", "finance", "risk", "growth"):
-        persona.apply_async(kwargs={"job_id": job.id, "persona": p}).get(timeout=10)
-    assert result.get(timeout=15) == {"stage": "synthesis", "status": "succeeded"}
+        assert {r.stage: r.status for r in q.stage_runs(s, job_id=job.id)}["synthesis"] == "pending"
+
+    publish(job.id, PIPELINE.of_kind(Kind.PERSONA))
+    done = _wait_status(stack, job.id)
+    assert done == "succeeded"
     with stack.runtime.sessions() as s:
-        assert q.get_job(s, job_id=job.id).synthesis is not None
-        assert all(r.status == RunStatus.SUCCEEDED.value for r in q.persona_runs(s, job_id=job.id))
+        assert all(r.status == RunStatus.SUCCEEDED.value for r in q.stage_runs(s, job_id=job.id))
+    ok = Counter(c.stage for c in stack.calls(job.id) if c.outcome == "ok")
+    assert ok == Counter(PIPELINE.names)  # each stage answered once
+
+
+def _wait_status(stack: Stack, job_id: str, timeout: float = 30) -> str:
+    from masterplan.db import queries as q
+    from masterplan.db.models import OPEN
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with stack.runtime.sessions() as s:
+            status = q.get_job(s, job_id=job_id).status  # type: ignore[union-attr]
+        if status not in OPEN:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {status} after {timeout} s")
 
 
 def test_a_transient_error_on_every_provider_is_retried_within_the_error_budget(make_stack, fake) -> None:

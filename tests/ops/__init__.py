@@ -18,13 +18,15 @@ from typing import Any
 
 import httpx
 
+from masterplan.stages import PIPELINE, Kind
 from tests.conftest import _redis_url
 from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
 
 PROCFILE = ROOT / "Procfile"
-PERSONA_TASK = "masterplan.persona"
-PIPELINE_TASKS = ("masterplan.synthesize", "masterplan.devils_advocate", "masterplan.finalize")
-STAGES_PER_JOB = 7  # five personas, synthesis, critique: one successful LLM call each
+STAGE_TASK = "masterplan.stage"
+STAGES_PER_JOB = len(PIPELINE.stages)  # five personas, synthesis, critique: one call each
+PERSONA_STAGES = PIPELINE.of_kind(Kind.PERSONA)
+PIPELINE_STAGES = tuple(n for n in PIPELINE.names if n not in PERSONA_STAGES)
 
 
 def procfile() -> dict[str, str]:
@@ -179,6 +181,12 @@ def assert_each_job_completed_once(db_url: str, jobs: dict[str, Any]) -> None:
 
 
 Task = dict[str, Any]
+
+
+def stage_of(task: Task) -> str:
+    """The stage a Flower task record ran (from its kwargs, which Flower shows as text)."""
+    m = re.search(r"'stage': '([a-z_]+)'", task.get("kwargs") or "")
+    return m.group(1) if m else "?"
 
 
 def tasks_of(flower_tasks: dict[str, Task], job_ids: Iterable[str]) -> dict[str, list[Task]]:

@@ -14,8 +14,9 @@ from urllib.parse import quote_plus
 
 import httpx
 
+from masterplan.stages import PIPELINE
 from tests.conftest import fresh_pg_database
-from tests.ops import Flower, flush_redis, hostname, ops_env, tasks_of
+from tests.ops import Flower, flush_redis, hostname, ops_env, stage_of, tasks_of
 from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http, wait_job
 
 REDIS_DB = 5
@@ -98,9 +99,8 @@ def test_honcho_runs_the_procfile_and_a_job_goes_through_it(tmp_path: Path, redi
             assert row, page.text[:2000]
             assert "<td>True</td>" in row.group(1)  # the Status column: online
             ran = tasks_of(flower.tasks(), [job_id])[job_id]
-            assert sorted(t["name"] for t in ran) == sorted(
-                ["masterplan.persona"] * 5 + ["masterplan.synthesize",
-                                              "masterplan.devils_advocate", "masterplan.finalize"])
+            assert sorted((t["name"], stage_of(t)) for t in ran) == sorted(
+                ("masterplan.stage", st) for st in PIPELINE.names)
             assert {(t["state"], t["worker"]) for t in ran} == {("SUCCESS", worker)}
         finally:
             honcho.stop(timeout=40)

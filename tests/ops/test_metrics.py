@@ -29,9 +29,9 @@ def _seed(rt: Any) -> None:
         done = q.create_job(s, owner="o", idea="finished", context=None, deadline_s=900)
         q.create_job(s, owner="o", idea="waiting", context=None, deadline_s=900)
         for persona in PERSONAS:
-            q.claim_persona(s, job_id=done.id, persona=persona, lease_s=300)
-            q.finish_persona(s, job_id=done.id, persona=persona, status=RunStatus.SUCCEEDED,
-                             provider="google", latency_ms=800)
+            q.claim_stage(s, job_id=done.id, stage=persona, claim_id=persona, lease_s=300)
+            q.finish_stage(s, job_id=done.id, stage=persona, status=RunStatus.SUCCEEDED,
+                           provider="google", latency_ms=800)
         q.record_calls(s, job_id=done.id, stage="market", attempts=[
             Attempt("groq", "llama", "skipped_ratelimit", wait_ms=700),
             Attempt("google", "gemini", "deferred", wait_ms=1500),
@@ -67,9 +67,11 @@ def stack(any_db_url: str, redis_url: str) -> Iterator[Any]:
     producer = Celery("metrics-test", set_as_current=False)
     producer.conf.update(celery_config(settings))
     for persona in PERSONAS[:3]:
-        producer.send_task("masterplan.persona", kwargs={"job_id": "x", "persona": persona})
+        producer.send_task("masterplan.stage", kwargs={"job_id": "x", "stage": persona},
+                           queue="personas")
     for _ in range(2):
-        producer.send_task("masterplan.synthesize", kwargs={"job_id": "x"})
+        producer.send_task("masterplan.stage", kwargs={"job_id": "x", "stage": "synthesis"},
+                           queue="pipeline")
     producer.close()
     app = create_app(runtime=rt)
     install(app)
@@ -104,8 +106,8 @@ def test_metrics_report_jobs_calls_costs_waits_and_queues(stack: Any) -> None:
     assert v("masterplan_jobs", status="succeeded") == 1
     assert v("masterplan_jobs", status="queued") == 1
     assert v("masterplan_jobs", status="failed") == 0
-    assert v("masterplan_persona_runs", persona="market", status="succeeded") == 1
-    assert v("masterplan_persona_runs", persona="market", status="pending") == 1
+    assert v("masterplan_stage_runs", stage="market", status="succeeded") == 1
+    assert v("masterplan_stage_runs", stage="market", status="pending") == 1
 
     assert v("masterplan_llm_calls_total", provider="groq", outcome="ok") == 6
     assert v("masterplan_llm_calls_total", provider="groq", outcome="rate_limited") == 1
@@ -125,7 +127,7 @@ def test_metrics_report_jobs_calls_costs_waits_and_queues(stack: Any) -> None:
     assert v("masterplan_stage_latency_seconds_bucket", stage="synthesis", le="2.5") == 0
     assert v("masterplan_stage_latency_seconds_bucket", stage="synthesis", le="5.0") == 1
     assert v("masterplan_stage_latency_seconds_sum", stage="synthesis") == 3.0
-    assert v("masterplan_persona_duration_seconds_count", persona="risk") == 1
+    assert v("masterplan_stage_duration_seconds_count", stage="risk") == 1
     assert v("masterplan_job_duration_seconds_count", status="succeeded") == 1
     assert v("masterplan_job_duration_seconds_bucket", status="succeeded", le="10.0") == 0
     assert v("masterplan_job_duration_seconds_bucket", status="succeeded", le="20.0") == 1

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from tests.conftest import fresh_pg_database
 from tests.ops import (
-    PERSONA_TASK,
-    PIPELINE_TASKS,
+    PERSONA_STAGES,
+    PIPELINE_STAGES,
+    STAGE_TASK,
+    STAGES_PER_JOB,
     Task,
     assert_each_job_completed_once,
     flush_redis,
@@ -24,6 +26,7 @@ from tests.ops import (
     release,
     run_line,
     start_api,
+    stage_of,
     start_flower,
     submit,
     tasks_of,
@@ -32,7 +35,7 @@ from tests.ops import (
 from tests.procs import Proc
 
 KEY = "scale-key-0123456789"
-TASKS_PER_JOB = 8  # five personas, synthesize, devils_advocate, finalize
+TASKS_PER_JOB = STAGES_PER_JOB  # one task per stage
 
 
 class Cluster:
@@ -107,8 +110,9 @@ def test_a_burst_spreads_over_every_worker_and_each_job_completes_once(tmp_path:
         # And the tasks were spread over all three workers, the late one included
         by_job = _settled_tasks(c, job_ids)
         for job_id, tasks in by_job.items():
-            names = Counter(t["name"] for t in tasks if t["state"] == "SUCCESS")
-            assert names == Counter({PERSONA_TASK: 5, **dict.fromkeys(PIPELINE_TASKS, 1)}), job_id
+            names = Counter((t["name"], stage_of(t)) for t in tasks if t["state"] == "SUCCESS")
+            assert names == Counter({(STAGE_TASK, st): 1 for st in (*PERSONA_STAGES,
+                                                                     *PIPELINE_STAGES)}), job_id
         ran = Counter(t.get("worker") for ts in by_job.values() for t in ts
                       if t["state"] == "SUCCESS")
         print(f"\ntasks per worker (16 jobs, {sum(ran.values())} tasks): {dict(ran)}")
@@ -154,7 +158,7 @@ def test_a_worker_stopped_with_sigterm_finishes_its_tasks_and_the_job_completes_
         assert all((t["started"] or 0) <= stopped_at for t in on_a.values())
         after = [t for t in tasks if (t["started"] or 0) > stopped_at]
         assert after and {t.get("worker") for t in after} == {hostname("b")}
-        assert {t["name"] for t in after} >= set(PIPELINE_TASKS)
+        assert {stage_of(t) for t in after} >= set(PIPELINE_STAGES)
 
 
 def test_persona_and_pipeline_queues_can_have_their_own_workers(tmp_path: Path,
@@ -169,6 +173,6 @@ def test_persona_and_pipeline_queues_can_have_their_own_workers(tmp_path: Path,
 
         assert_each_job_completed_once(c.db_url, jobs)
         tasks = [t for ts in _settled_tasks(c, job_ids).values() for t in ts]
-        by_worker = {(t["name"], t.get("worker")) for t in tasks}
-        assert by_worker == {(PERSONA_TASK, hostname("personas"))} | {
-            (name, hostname("pipeline")) for name in PIPELINE_TASKS}
+        by_worker = {(stage_of(t), t.get("worker")) for t in tasks}
+        assert by_worker == {(st, hostname("personas")) for st in PERSONA_STAGES} | {
+            (st, hostname("pipeline")) for st in PIPELINE_STAGES}
