@@ -122,7 +122,7 @@ def ours(**extra_env: str) -> Iterator[Ours]:
     app = ours_app()
     H.flush_redis(H.OURS_DB)
     with H.fresh_database() as db:
-        env = stub_env(db, **extra_env)
+        env = {**stub_env(db), **extra_env}
         rt = build_runtime(H.settings_for({**env, "LOG_LEVEL": "WARNING"}))
         try:
             yield Ours(db, env, rt, app)

@@ -1,7 +1,7 @@
 """Our overhead per job without Celery: the pipeline's step functions called in this process.
 
-For N jobs: create the job, run the five personas, the synthesis, the critique and finalize
-(the same functions the tasks call), against PostgreSQL and Redis, the stub provider with zero
+For N jobs: create the job, run its stages in order — the five personas, the synthesis and
+the critique (the function the task calls), against PostgreSQL and Redis, the stub provider with zero
 latency and the token bucket on. Reports CPU and wall milliseconds per job and what each job
 costs in round trips: SQL statements, transactions, connection checkouts (each one a
 `pool_pre_ping` round trip) and Redis round trips. With `profile=True` it also writes a
@@ -75,8 +75,8 @@ def run_in_process(n_jobs: int, *, warmup: int = 10, profile: bool = False) -> d
     """Per-job cost of our pipeline code in one process (no broker)."""
     from masterplan import pipeline as P
     from masterplan.db import queries as q
-    from masterplan.personas import PERSONA_KEYS
     from masterplan.runtime import build_runtime
+    from masterplan.stages import pipeline
 
     H.flush_redis(H.OURS_DB)
     with H.fresh_database("mp_bench_prof") as db:
@@ -85,11 +85,8 @@ def run_in_process(n_jobs: int, *, warmup: int = 10, profile: bool = False) -> d
         def job() -> None:
             with rt.sessions.begin() as s:
                 jid = q.create_job(s, owner="bench", idea=IDEA, context=None, deadline_s=900).id
-            for p in PERSONA_KEYS:
-                P.run_persona(rt, jid, p)
-            P.synthesize(rt, jid)
-            P.critique(rt, jid)
-            P.finalize(rt, jid)
+            for stage in pipeline().names:
+                P.run_stage(rt, jid, stage)
 
         for _ in range(warmup):
             job()

@@ -81,8 +81,8 @@ def decide(p: Pipeline, settings: Settings, states: dict[str, tuple[str, str | N
     """`states`: every stage's (status, error)."""
     last_status, last_error = states[p.last]
     if last_status in FINISHED:
-        ok = last_status == RunStatus.SUCCEEDED.value
-        return Decision(done=True, fail=None if ok else f"{p[p.last].title.lower()} failed: {last_error}")
+        won = last_status == RunStatus.SUCCEEDED.value
+        return Decision(done=True, fail=None if won else f"{p[p.last].title.lower()} failed: {last_error}")
     ready = []
     for sd in p.stages:
         if states[sd.name][0] != RunStatus.PENDING.value:

@@ -47,7 +47,7 @@ def _db_retry(task: Task, kw: dict[str, Any], pending: dict[str, Any] | None, n:
               exc: BaseException) -> BaseException:
     if n >= DB_RETRIES:
         return exc  # the sweep re-drives the job once the database is back
-    return task.retry(countdown=_db_backoff(n), max_retries=None,  # type: ignore[no-any-return]
+    return task.retry(countdown=_db_backoff(n), max_retries=None,
                       kwargs={**kw, "pending": pending, "db_retries": n + 1})
 
 

@@ -30,8 +30,9 @@ def embedded_worker(
 ) -> Iterator[WorkController]:
     """Start a worker thread, wait until it consumes, stop it on exit; with `sweep`, the
     recovery sweep runs beside it as in a worker process."""
-    from workers.celery_app import start_sweeper
     from celery.utils.nodenames import anon_nodename
+
+    from workers.celery_app import start_sweeper
 
     app.finalize()
     app.set_current()

@@ -94,13 +94,13 @@ def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response,
                                idempotency_key=idempotency_key)
     except IntegrityError:
         with rt.sessions() as session:
-            job = q.job_by_idempotency_key(session, owner=owner, key=idempotency_key or "")
-            if job is None:
+            first = q.job_by_idempotency_key(session, owner=owner, key=idempotency_key or "")
+            if first is None:
                 raise
-            _replay(job, body)
+            _replay(first, body)
             response.status_code = status.HTTP_200_OK
-            response.headers["Location"] = f"/v1/jobs/{job.id}"
-            return job_public(session, job, _primary(rt))
+            response.headers["Location"] = f"/v1/jobs/{first.id}"
+            return job_public(session, first, _primary(rt))
     try:
         enqueue(job.id)
     except Exception as exc:  # noqa: BLE001 - the broker is away: the job row is the outbox

@@ -118,6 +118,34 @@ def fake_output(schema_name: str, system: str, user_text: str) -> dict[str, Any]
     raise ValueError(f"the stub has no output for schema {schema_name!r}")
 
 
+def from_json_schema(schema: dict[str, Any], idea: str) -> Any:
+    """A valid value for any other schema (a stage added later), built from its JSON schema:
+    a new stage needs its declaration, its prompt and its schema, not a branch here."""
+    defs = schema.get("$defs", {})
+
+    def value(s: dict[str, Any], name: str) -> Any:
+        if "$ref" in s:
+            return value(defs[s["$ref"].rsplit("/", 1)[-1]], name)
+        if "anyOf" in s:
+            return value(next(o for o in s["anyOf"] if o.get("type") != "null"), name)
+        if "enum" in s:
+            return s["enum"][0]
+        t = s.get("type")
+        if t == "object":
+            return {k: value(v, k) for k, v in s.get("properties", {}).items()}
+        if t == "array":
+            return [value(s.get("items", {}), name) for _ in range(max(1, s.get("minItems", 1)))]
+        if t in ("integer", "number"):
+            low = s.get("minimum", 0)
+            mid = (low + s.get("maximum", low + 10)) / 2
+            return int(mid) if t == "integer" else mid
+        if t == "boolean":
+            return True
+        return f"{name.replace('_', ' ')} for '{idea}'"
+
+    return value(schema, "answer")
+
+
 def _tokens(chars: int) -> int:
     return max(1, (chars + 3) // 4)
 
@@ -135,7 +163,10 @@ class StubProvider:
         if request.schema is not None:
             m = _SCHEMA.search(request.system)
             schema_name = m.group(1) if m else request.schema.__name__
-            return json.dumps(fake_output(schema_name, request.system, user))
+            try:
+                return json.dumps(fake_output(schema_name, request.system, user))
+            except ValueError:
+                return json.dumps(from_json_schema(request.schema.model_json_schema(), _idea_of(user)))
         return f"Thinking about '{_idea_of(user)}': start with the customer, then the product."
 
     def complete(self, request: LLMRequest) -> Completion:

@@ -8,6 +8,8 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-02 01:30:00
 """
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -20,6 +22,10 @@ _TS = sa.DateTime(timezone=True)
 
 
 def _stage_runs(name: str, stage_col: str) -> None:
+    lease: list[sa.Column[Any]] = [
+        sa.Column('claim_id', sa.String(length=32), nullable=True),
+        sa.Column('lease_until', _TS, nullable=True),
+        sa.Column('not_before', _TS, nullable=True)] if name == 'stage_runs' else []
     op.create_table(name,
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('job_id', sa.String(length=36), nullable=False),
@@ -31,9 +37,7 @@ def _stage_runs(name: str, stage_col: str) -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('claimed_at', _TS, nullable=True),
-    *([sa.Column('claim_id', sa.String(length=32), nullable=True),
-       sa.Column('lease_until', _TS, nullable=True),
-       sa.Column('not_before', _TS, nullable=True)] if name == 'stage_runs' else []),
+    *lease,
     sa.Column('started_at', _TS, nullable=True),
     sa.Column('finished_at', _TS, nullable=True),
     sa.Column('latency_ms', sa.Integer(), nullable=True),
@@ -61,23 +65,23 @@ def upgrade() -> None:
             f"CASE WHEN {stage} IS NOT NULL OR status IN ('succeeded', 'failed') "
             f"THEN finished_at END FROM jobs")
     op.drop_table('persona_runs')
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        for col in ('synthesis', 'synthesis_provider', 'critique', 'critique_provider'):
-            batch_op.drop_column(col)
-        batch_op.add_column(sa.Column('check_at', _TS, nullable=True))
-        batch_op.add_column(sa.Column('redrives', sa.Integer(), nullable=False, server_default='0'))
-        batch_op.create_index('ix_jobs_check_at', ['check_at'])
+    # Not batch mode: on SQLite it would recreate `jobs`, and dropping the old table would
+    # cascade to the stage rows just written. SQLite (3.35+) adds and drops these columns itself.
+    for col in ('synthesis', 'synthesis_provider', 'critique', 'critique_provider'):
+        op.execute(f'ALTER TABLE jobs DROP COLUMN {col}')
+    op.add_column('jobs', sa.Column('check_at', _TS, nullable=True))
+    op.add_column('jobs', sa.Column('redrives', sa.Integer(), nullable=False, server_default='0'))
+    op.create_index('ix_jobs_check_at', 'jobs', ['check_at'])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_index('ix_jobs_check_at')
-        batch_op.drop_column('redrives')
-        batch_op.drop_column('check_at')
-        batch_op.add_column(sa.Column('synthesis', sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column('synthesis_provider', sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column('critique', sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column('critique_provider', sa.String(length=64), nullable=True))
+    op.drop_index('ix_jobs_check_at', 'jobs')
+    for col in ('redrives', 'check_at'):
+        op.execute(f'ALTER TABLE jobs DROP COLUMN {col}')
+    op.add_column('jobs', sa.Column('synthesis', sa.JSON(), nullable=True))
+    op.add_column('jobs', sa.Column('synthesis_provider', sa.String(length=64), nullable=True))
+    op.add_column('jobs', sa.Column('critique', sa.JSON(), nullable=True))
+    op.add_column('jobs', sa.Column('critique_provider', sa.String(length=64), nullable=True))
     for stage in ('synthesis', 'critique'):
         op.execute(f"UPDATE jobs SET {stage} = (SELECT output FROM stage_runs r WHERE "
                    f"r.job_id = jobs.id AND r.stage = '{stage}'), {stage}_provider = (SELECT "

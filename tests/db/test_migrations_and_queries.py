@@ -91,3 +91,36 @@ def test_no_stage_is_claimed_for_a_cancelled_job(any_db_url: str) -> None:
     with sessions.begin() as s:
         assert q.claim_stage(s, job_id=job.id, stage="growth", claim_id="a", lease_s=30).state == "closed"
     engine.dispose()
+
+
+def test_0003_moves_persona_runs_and_the_jobs_outputs_into_stage_runs(any_db_url: str) -> None:
+    engine = make_engine(any_db_url)
+    upgrade(engine, "0002")
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO jobs (id, owner, idea, status, created_at, deadline_at, synthesis, "
+            "synthesis_provider, critique, critique_provider, finished_at) VALUES ('j1', 'o', 'i', "
+            "'succeeded', :t, :t, :plan, 'google', :crit, 'groq', :t), ('j2', 'o', 'i', 'running', "
+            ":t, :t, NULL, NULL, NULL, NULL, NULL)"),
+            {"t": "2026-11-30 10:00:00+00:00", "plan": '{"executive_summary": "x"}',
+             "crit": '{"verdict": "go"}'})
+        for job, status in (("j1", "succeeded"), ("j2", "running")):
+            c.execute(sa.text(
+                "INSERT INTO persona_runs (job_id, persona, status, provider, attempts, output) "
+                "VALUES (:j, 'market', :s, 'google', 1, :o)"),
+                {"j": job, "s": status, "o": '{"summary": "m"}' if status == "succeeded" else None})
+
+    upgrade(engine)
+
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        done = {r.stage: r for r in q.stage_runs(s, job_id="j1")}
+        assert set(done) == {"market", "synthesis", "critique"}
+        assert done["market"].output == {"summary": "m"} and done["market"].provider == "google"
+        assert done["synthesis"].status == "succeeded" and done["synthesis"].provider == "google"
+        assert done["synthesis"].output == {"executive_summary": "x"}
+        assert done["critique"].output == {"verdict": "go"} and done["critique"].provider == "groq"
+        running = {r.stage: r.status for r in q.stage_runs(s, job_id="j2")}
+        assert running == {"market": "running", "synthesis": "pending", "critique": "pending"}
+    assert "persona_runs" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
