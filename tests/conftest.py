@@ -146,6 +146,21 @@ def any_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this run's own on the local broker, deleted afterwards."""
+    import subprocess
+
+    vhost = RUN_PREFIX
+    try:
+        for cmd in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+            subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        unavailable("RabbitMQ at 127.0.0.1:5672", exc)
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_this_runs_redis_keys() -> Iterator[None]:
     yield

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import _redis_url, fresh_pg_database
 from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http, wait_job
@@ -29,11 +30,14 @@ def test_demo_runs_a_whole_job_on_the_embedded_default(tmp_path: Path) -> None:
     assert db.execute("SELECT count(*) FROM llm_calls WHERE outcome = 'ok'").fetchone() == (7,)
 
 
-def test_api_and_worker_processes_run_a_job_on_redis_and_postgres(tmp_path: Path, redis_url: str) -> None:
-
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_api_and_worker_processes_run_a_job_on_redis_and_postgres(
+        tmp_path: Path, redis_url: str, broker: str, request: pytest.FixtureRequest) -> None:
+    """With RabbitMQ as the broker, Redis keeps the rate limits and cooldowns."""
+    brokers = {"CELERY_BROKER_URL": request.getfixturevalue("amqp_url")} if broker == "rabbitmq" else {}
     with fresh_pg_database("mp_proc") as db_url:
         env = clean_env(REDIS_URL=PROC_REDIS, DATABASE_URL=db_url, API_KEYS="proc-key",
-                        GROQ_API_KEY="", LOG_LEVEL="INFO")
+                        GROQ_API_KEY="", LOG_LEVEL="INFO", **brokers)
         migrate = subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env,
                                  capture_output=True, text=True, timeout=60)
         assert migrate.returncode == 0, migrate.stderr
