@@ -43,6 +43,8 @@ def make_app(broker: str) -> Celery:
     settings = load_settings({"REDIS_URL": broker}, env_file=None)
     conf = celery_config(settings)
     conf["task_routes"] = {"raw.persona": {"queue": PERSONA_QUEUE}}
+    # The baseline is the chord canvas, which needs its results (ours keeps them in SQL).
+    conf["task_ignore_result"] = False
     app = Celery("raw")
     app.conf.update(conf)
     return app

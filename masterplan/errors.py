@@ -37,7 +37,8 @@ class SchemaBehindError(MasterplanError):
 
 
 class LimiterUnavailable(MasterplanError):
-    """The rate limiter's Redis cannot be reached: calls wait rather than go through unmetered."""
+    """Redis (the rate limiter's buckets, the shared cooldowns) cannot be reached: calls wait
+    rather than go through unmetered."""
 
 
 class RetryLater(MasterplanError):

@@ -32,7 +32,7 @@ from masterplan.llm.base import Completion
 from masterplan.llm.router import Attempt
 from masterplan.runtime import Runtime
 from masterplan.settings import Settings
-from masterplan.stages import JobInput, Kind, Pipeline, pipeline
+from masterplan.stages import JobInput, Pipeline, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -277,18 +277,19 @@ def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2) -> 
         if _past_deadline(job):
             _fail_job(s, job_id, "job deadline passed")
             return StepResult(stage, RunStatus.FAILED.value)
+        needed = q.needed_stages(s, job_id=job_id, stages=sd.needs) if sd.needs else {}
+        if any(status not in FINISHED for status, _ in needed.values()):
+            # Delivered before what it needs has finished (only a re-drive can do that): the
+            # last of them to finish publishes it again.
+            return StepResult(stage, "not_ready")
         claim = q.claim_stage(s, job_id=job_id, stage=stage, claim_id=claim_id,
                               lease_s=rt.settings.stage_lease_s,
                               mark_running=job.status == JobStatus.QUEUED.value)
         if claim.state != "claimed":
             # finished: stored before; busy: another live delivery holds it; closed: cancelled.
             return StepResult(stage, claim.state)
-        found = q.stage_outputs(s, job_id=job_id, stages=sd.needs) if sd.needs else {}
-    if sd.kind is not Kind.PERSONA and len(found) < sd.required(rt.settings):
-        # Published before its needs were stored (cannot happen through `store`): hand it back.
-        with rt.sessions.begin() as s:
-            q.release_stage(s, job_id=job_id, stage=stage, claim_id=claim_id)
-        return StepResult(stage, "not_ready")
+    found = {n: out for n, (status, out) in needed.items()
+             if status == RunStatus.SUCCEEDED.value and out is not None}
     return store(rt, job_id, stage, _routed(rt, job, stage, claim_id, found, errors_left))
 
 

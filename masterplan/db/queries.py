@@ -194,12 +194,13 @@ def finish_open_stages(session: Session, *, job_id: str, status: RunStatus, erro
                  lease_until=None))
 
 
-def stage_outputs(session: Session, *, job_id: str, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The outputs of those of `stages` that succeeded."""
+def needed_stages(session: Session, *, job_id: str, stages: Sequence[str]
+                  ) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """(status, output) of each of `stages` (what a stage needs)."""
     r = _RUNS.c
-    rows = session.execute(sa.select(r.stage, r.output).where(
-        r.job_id == job_id, r.stage.in_(stages), r.status == RunStatus.SUCCEEDED.value)).all()
-    return {stage: output for stage, output in rows if output is not None}
+    rows = session.execute(sa.select(r.stage, r.status, r.output).where(
+        r.job_id == job_id, r.stage.in_(stages))).all()
+    return {stage: (status, output) for stage, status, output in rows}
 
 
 # -- recovery ------------------------------------------------------------------------------

@@ -5,18 +5,21 @@ A cooldown is a key with a TTL: no clock is read anywhere, so workers' clocks ca
   cooldown, a shorter one never shortens it (one Lua call compares PTTLs).
 - N consecutive server errors or timeouts open the circuit for `circuit_open_s`.
 - Auth and billing errors disable the provider for `auth_disable_s`.
+
+Redis unreachable (down, loading, read-only, ...): every method raises `LimiterUnavailable`, the
+same error and the same test of "unreachable" as the rate limiter, so the router has one thing
+to handle.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import redis
-
-from masterplan.errors import LimiterUnavailable
+from masterplan.ratelimit.limiter import unavailable_as_limiter_error
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,10 @@ def _key(prefix: str, name: str, what: str) -> str:
     return f"{prefix}:cd:{{{name}}}:{what}"
 
 
+def _guard() -> AbstractContextManager[None]:
+    return unavailable_as_limiter_error("provider cooldowns")
+
+
 class Cooldowns:
     def __init__(
         self,
@@ -78,10 +85,8 @@ class Cooldowns:
             pipe.pttl(_key(self._prefix, n, "until"))
             pipe.get(_key(self._prefix, n, "until"))
             pipe.get(_key(self._prefix, n, "fails"))
-        try:
+        with _guard():
             raw = pipe.execute()
-        except redis.RedisError as exc:
-            raise LimiterUnavailable(f"Redis unreachable for provider cooldowns: {exc}") from exc
         states = {}
         for i, n in enumerate(names):
             ttl, value, fails = raw[3 * i : 3 * i + 3]
@@ -96,12 +101,11 @@ class Cooldowns:
         return states
 
     def _set(self, name: str, kind: CooldownKind, ms: int, reason: str) -> bool:
-        try:
-            return bool(
-                self._extend(keys=[_key(self._prefix, name, "until")], args=[max(1, ms), f"{kind}:{reason}"])
+        with _guard():
+            done = self._extend(
+                keys=[_key(self._prefix, name, "until")], args=[max(1, ms), f"{kind}:{reason}"]
             )
-        except redis.RedisError as exc:
-            raise LimiterUnavailable(f"Redis unreachable for provider cooldowns: {exc}") from exc
+        return bool(done)
 
     def rate_limited(self, name: str, wait_ms: int, reason: str) -> None:
         self._set(name, CooldownKind.RATE_LIMITED, wait_ms, reason)
@@ -109,15 +113,14 @@ class Cooldowns:
     def failed(self, name: str, reason: str) -> bool:
         """Count a server error or timeout; returns True when this one opened the circuit."""
         key = _key(self._prefix, name, "fails")
-        try:
+        with _guard():
             pipe = self._r.pipeline(transaction=True)
             pipe.incr(key)
             pipe.pexpire(key, self.circuit_open_ms * 4)
             count = pipe.execute()[0]
-        except redis.RedisError as exc:
-            raise LimiterUnavailable(f"Redis unreachable for provider cooldowns: {exc}") from exc
         if count >= self.circuit_failures:
-            self._r.delete(key)
+            with _guard():
+                self._r.delete(key)
             opened = self._set(
                 name, CooldownKind.CIRCUIT_OPEN, self.circuit_open_ms,
                 f"{count} consecutive failures, last: {reason}",
@@ -129,10 +132,8 @@ class Cooldowns:
         return False
 
     def succeeded(self, name: str) -> None:
-        try:
+        with _guard():
             self._r.delete(_key(self._prefix, name, "fails"))
-        except redis.RedisError as exc:
-            raise LimiterUnavailable(f"Redis unreachable for provider cooldowns: {exc}") from exc
 
     def disable(self, name: str, reason: str) -> None:
         """Auth or billing failure: a long cooldown and one loud line (the key is never named)."""
@@ -141,4 +142,5 @@ class Cooldowns:
                       name, self.auth_disable_ms // 1000, reason)
 
     def clear(self, name: str) -> None:
-        self._r.delete(_key(self._prefix, name, "until"), _key(self._prefix, name, "fails"))
+        with _guard():
+            self._r.delete(_key(self._prefix, name, "until"), _key(self._prefix, name, "fails"))

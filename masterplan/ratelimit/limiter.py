@@ -32,7 +32,10 @@ in one Redis Cluster slot (the script touches both atomically). Each key expires
 after the time it would take to refill fully, so idle providers leave nothing behind.
 
 Redis unreachable: every operation raises `LimiterUnavailable`; calls are never waved
-through unmetered.
+through unmetered. `redis_unavailable` says which redis-py errors count as "Redis cannot serve
+us now" (down, restarting, loading, read-only after a failover, out of memory, refusing writes);
+`unavailable_as_limiter_error` turns them into `LimiterUnavailable` for this module and for the
+provider cooldowns. Any other Redis error is a bug in our own commands and is left to surface.
 
 `now_ms` on every method is for tests only: it replaces Redis `TIME` as the script's clock.
 """
@@ -40,13 +43,23 @@ through unmetered.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import (
+    ClusterError,
+    InvalidResponse,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from masterplan.errors import LimiterUnavailable
@@ -59,6 +72,36 @@ MAX_LIMIT = 1_000_000_000
 _SCRIPT = resources.files("masterplan.ratelimit").joinpath("bucket.lua").read_text("utf-8")
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode("utf-8")).hexdigest().encode()
 _RESERVE, _ADJUST, _LOWER, _DRAIN, _PEEK = b"reserve", b"adjust", b"lower", b"drain", b"peek"
+
+# ConnectionError also covers BusyLoadingError (LOADING), MaxConnectionsError and a refused AUTH;
+# ReadOnlyError is a replica after a failover; ClusterError covers CLUSTERDOWN and MASTERDOWN.
+_OUTAGES: tuple[type[RedisError], ...] = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, ClusterError,
+    TryAgainError, InvalidResponse,
+)
+# Outage replies redis-py does not map to a class (MISCONF: a failed snapshot stops writes), and
+# the mapped ones again in case they reach us as a bare ResponseError (e.g. from a Lua script).
+_OUTAGE_REPLIES = ("MISCONF", "LOADING", "READONLY", "OOM", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True when a redis-py error means Redis cannot serve us now, as opposed to a bug of ours."""
+    if isinstance(exc, _OUTAGES):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).lstrip().startswith(_OUTAGE_REPLIES)
+
+
+@contextmanager
+def unavailable_as_limiter_error(what: str) -> Iterator[None]:
+    """Raise `LimiterUnavailable` naming `what` for every Redis outage inside the block."""
+    try:
+        yield
+    except RedisError as exc:
+        if not redis_unavailable(exc):
+            raise
+        raise LimiterUnavailable(
+            f"Redis is unreachable for {what} ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -256,18 +299,13 @@ class TokenBucketLimiter:
         tokens_key, requests_key, tpm, tcap, rpm, rcap = self._static[provider]
         clock = b"" if now_ms is None else now_ms
         args = (_SCRIPT_SHA, 2, tokens_key, requests_key, op, clock, tpm, tcap, rpm, rcap, a, b)
-        try:
+        with unavailable_as_limiter_error(f"the rate limiter of {provider!r}"):
             try:
                 result = self._redis.execute_command("EVALSHA", *args)
             except NoScriptError:
                 # Redis restarted or SCRIPT FLUSH ran: load once more and retry once.
                 self._redis.script_load(_SCRIPT)
                 result = self._redis.execute_command("EVALSHA", *args)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise LimiterUnavailable(
-                f"Redis is unreachable for the rate limiter ({type(exc).__name__}: {exc}); "
-                f"calls to {provider!r} cannot be admitted"
-            ) from exc
         return result
 
 

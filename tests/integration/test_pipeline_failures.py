@@ -88,7 +88,7 @@ def test_a_persona_task_delivered_twice_calls_the_llm_once(make_stack, fake) -> 
 
     again = _run_stage_task(job["id"], "market")
 
-    assert again == {"stage": "market", "status": "finished", "ready": []}
+    assert again == {"stage": "market", "status": "closed", "ready": []}  # the job has ended
     assert fake.count() == before
     market = [c for c in stack.calls(job["id"]) if c.stage == "market"]
     assert len(market) == 1
