@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 IDEA   ?= a marketplace for used lab equipment
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: demo dev test lint bench clean
+.PHONY: demo dev test test-fast lint bench chaos clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -28,12 +28,19 @@ dev: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Fault scenarios on real processes, one table (bench/results/chaos.md); CHAOS_ARGS=--quick
+chaos: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) masterplan.db masterplan.db-* .pytest_cache

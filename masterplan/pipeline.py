@@ -108,12 +108,12 @@ def decide(p: Pipeline, settings: Settings, states: dict[str, tuple[str, str | N
 def _conclude(s: Session, job_id: str, d: Decision) -> None:
     """End the job when the decision says it has ended."""
     if d.fail is not None:
-        _fail_job(s, job_id, d.fail)
+        fail_job(s, job_id, d.fail)
     elif d.done:
         q.update_job(s, job_id=job_id, status=JobStatus.SUCCEEDED.value, finished_at=utcnow())
 
 
-def _fail_job(s: Session, job_id: str, reason: str) -> bool:
+def fail_job(s: Session, job_id: str, reason: str) -> bool:
     """The job ends failed with its reason; finished stages keep their outputs."""
     q.lock_stage_states(s, job_id=job_id)  # lock order: stage rows, then the job
     if not q.update_job(s, job_id=job_id, status=JobStatus.FAILED.value, error=reason,
@@ -133,7 +133,7 @@ def advance(s: Session, settings: Settings, job_id: str) -> tuple[str, ...]:
     if job is None or job.status not in OPEN or not states:
         return ()
     if _past_deadline(job):
-        _fail_job(s, job_id, "job deadline passed")
+        fail_job(s, job_id, "job deadline passed")
         return ()
     d = decide(pipeline(), settings, states)
     _conclude(s, job_id, d)
@@ -163,7 +163,6 @@ class Outcome:
 
     kind: str  # succeeded | failed | wait | error_wait | cancelled
     claim_id: str
-    deadline_at: str
     attempts: list[dict[str, Any]] = field(default_factory=list)
     output: dict[str, Any] | None = None
     provider: str | None = None
@@ -184,7 +183,7 @@ def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, d
     request = sd.build(JobInput(job.idea, job.context), found, rt.settings)
     request = replace(request, tags={**request.tags, "stage": stage, "job_id": job.id})
     attempts: list[Attempt] = []
-    out = Outcome("failed", claim_id, _aware(job.deadline_at).isoformat())
+    out = Outcome("failed", claim_id)
 
     def still_open(n: int) -> None:
         # The claim just checked the job; later calls (fallback, repair) check again.
@@ -275,7 +274,7 @@ def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2) -> 
         if job.status not in OPEN:
             return StepResult(stage, "closed")
         if _past_deadline(job):
-            _fail_job(s, job_id, "job deadline passed")
+            fail_job(s, job_id, "job deadline passed")
             return StepResult(stage, RunStatus.FAILED.value)
         needed = q.needed_stages(s, job_id=job_id, stages=sd.needs) if sd.needs else {}
         if any(status not in FINISHED for status, _ in needed.values()):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from masterplan.db import queries as q
-from masterplan.pipeline import _fail_job, advance
+from masterplan.pipeline import advance, fail_job
 from masterplan.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def sweep(rt: Runtime, publish: Publish) -> SweepReport:
         overdue = q.overdue_jobs(s)
     for job_id in overdue:
         with rt.sessions.begin() as s:
-            if _fail_job(s, job_id, "job deadline passed"):
+            if fail_job(s, job_id, "job deadline passed"):
                 report.overdue.append(job_id)
 
     with rt.sessions() as s:
@@ -80,7 +80,7 @@ def sweep(rt: Runtime, publish: Publish) -> SweepReport:
             if not q.mark_redrive(s, job_id=job_id, next_check_s=st.stall_after_s * 2 ** redrives):
                 continue  # another process took it
             if redrives >= st.max_redrives:
-                _fail_job(s, job_id, f"no progress after {redrives} re-drives: its stages were "
+                fail_job(s, job_id, f"no progress after {redrives} re-drives: its stages were "
                                      "published again and never ran")
                 report.given_up.append(job_id)
                 continue

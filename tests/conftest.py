@@ -34,6 +34,18 @@ os.environ.pop("CELERY_BROKER_URL", None)
 os.environ.pop("CELERY_RESULT_BACKEND", None)
 
 
+# Whole-process, fault and load tests: `make test-fast` leaves them out, `make test` (and CI) runs
+# everything.
+SLOW = ("tests/ops/", "tests/chaos/", "tests/bench/", "tests/integration/test_processes.py",
+        "tests/integration/test_rate_limits.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(part in item.nodeid for part in SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 def unavailable(what: str, why: object) -> None:
     """A missing service fails the run in CI and skips the test on a laptop."""
     msg = f"{what} is not reachable ({why}); start it or see README 'Running the tests'"
