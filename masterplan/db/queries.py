@@ -232,18 +232,21 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> list[tuple[st
 
 
 def stalled_jobs(session: Session, *, stall_s: float, limit: int = 500) -> list[tuple[str, int]]:
-    """Open jobs with nothing done for `stall_s` and no live lease, that are due a look
-    (`check_at`): (job_id, re-drives so far)."""
+    """Open jobs with no live lease that are due a look (`check_at`) and either had nothing done
+    for `stall_s`, or are still queued after the API could not publish them (it sets `check_at`)
+    or after a re-drive: (job_id, re-drives so far)."""
     now = utcnow()
     stale = now - timedelta(seconds=stall_s)
     r, j = _RUNS.c, _JOBS.c
     live = sa.exists().where(r.job_id == j.id, r.status == RunStatus.RUNNING.value, r.lease_until >= now)
     recent = sa.exists().where(r.job_id == j.id, sa.or_(r.finished_at >= stale, r.claimed_at >= stale,
                                                         r.not_before >= stale))
+    stalled = sa.and_(j.created_at < stale, ~recent)
+    unpublished = sa.and_(j.status == JobStatus.QUEUED.value, j.check_at.is_not(None))
     rows = session.execute(
         sa.select(j.id, j.redrives).where(
-            j.status.in_(OPEN), j.created_at < stale,
-            sa.or_(j.check_at.is_(None), j.check_at < now), ~live, ~recent)
+            j.status.in_(OPEN), sa.or_(j.check_at.is_(None), j.check_at < now), ~live,
+            sa.or_(stalled, unpublished))
         .order_by(j.created_at).limit(limit)).all()
     return [(job_id, int(n)) for job_id, n in rows]
 
