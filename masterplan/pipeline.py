@@ -29,7 +29,7 @@ from masterplan.db import queries as q
 from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, RunStatus, utcnow
 from masterplan.db.session import is_db_unavailable
 from masterplan.llm.base import Completion
-from masterplan.llm.router import Attempt
+from masterplan.llm.router import DEFERRED, SKIPS, Attempt
 from masterplan.runtime import Runtime
 from masterplan.settings import Settings
 from masterplan.stages import JobInput, Pipeline, pipeline
@@ -154,7 +154,7 @@ def _deferred_row(exc: E.RetryLater) -> Attempt:
     waiting = [a for a in exc.attempts if a.wait_ms] or exc.attempts
     shortest = min(waiting, key=lambda a: a.wait_ms or 10**12) if waiting else None
     return Attempt(shortest.provider if shortest else "-", shortest.model if shortest else "-",
-                   "deferred", wait_ms=exc.wait_ms, error=exc.reason)
+                   DEFERRED, wait_ms=exc.wait_ms, error=exc.reason)
 
 
 @dataclass
@@ -163,6 +163,7 @@ class Outcome:
 
     kind: str  # succeeded | failed | wait | error_wait | cancelled
     claim_id: str
+    waiting: bool = False  # this delivery continues a wait: its skips are not new information
     attempts: list[dict[str, Any]] = field(default_factory=list)
     output: dict[str, Any] | None = None
     provider: str | None = None
@@ -177,13 +178,13 @@ class Outcome:
 
 
 def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, dict[str, Any]],
-            errors_left: int) -> Outcome:
+            errors_left: int, waiting: bool) -> Outcome:
     """Make the stage's call; classify what came of it."""
     sd = pipeline()[stage]
     request = sd.build(JobInput(job.idea, job.context), found, rt.settings)
     request = replace(request, tags={**request.tags, "stage": stage, "job_id": job.id})
     attempts: list[Attempt] = []
-    out = Outcome("failed", claim_id)
+    out = Outcome("failed", claim_id, waiting)
 
     def still_open(n: int) -> None:
         # The claim just checked the job; later calls (fallback, repair) check again.
@@ -229,7 +230,14 @@ def store(rt: Runtime, job_id: str, stage: str, out: Outcome) -> StepResult:
     try:
         if out.kind in ("wait", "error_wait"):
             with rt.sessions.begin() as s:
-                q.record_calls(s, job_id=job_id, stage=stage, attempts=out.attempts)
+                if out.waiting and out.kind == "wait":
+                    # The same wait goes on: keep the calls, fold the wait into its first row.
+                    *calls, deferred = out.attempts
+                    q.record_calls(s, job_id=job_id, stage=stage,
+                                   attempts=[a for a in calls if a["outcome"] not in SKIPS])
+                    q.extend_wait(s, job_id=job_id, stage=stage, row=deferred)
+                else:
+                    q.record_calls(s, job_id=job_id, stage=stage, attempts=out.attempts)
                 q.release_stage(s, job_id=job_id, stage=stage, claim_id=out.claim_id,
                                 not_before_ms=out.wait_ms)
         else:
@@ -263,8 +271,10 @@ def _finish(rt: Runtime, p: Pipeline, job_id: str, stage: str, out: Outcome) -> 
         return StepResult(stage, status.value, tuple(n for n in d.ready if stage in p[n].needs))
 
 
-def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2) -> StepResult:
-    """Claim the stage, make its call, store the result. Idempotent per (job, stage)."""
+def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2,
+              waiting: bool = False) -> StepResult:
+    """Claim the stage, make its call, store the result. Idempotent per (job, stage).
+    `waiting`: this delivery is the retry of a wait for providers."""
     sd = pipeline()[stage]
     claim_id = uuid.uuid4().hex
     with rt.sessions.begin() as s:
@@ -289,7 +299,7 @@ def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2) -> 
             return StepResult(stage, claim.state)
     found = {n: out for n, (status, out) in needed.items()
              if status == RunStatus.SUCCEEDED.value and out is not None}
-    return store(rt, job_id, stage, _routed(rt, job, stage, claim_id, found, errors_left))
+    return store(rt, job_id, stage, _routed(rt, job, stage, claim_id, found, errors_left, waiting))
 
 
 def store_pending(rt: Runtime, job_id: str, stage: str, outcome: dict[str, Any]) -> StepResult:

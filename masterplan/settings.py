@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     circuit_failures: int = Field(3, ge=1)
     circuit_open_s: int = Field(30, ge=1)
     auth_disable_s: int = Field(3600, ge=1)
+    # Event streams (GET /v1/jobs/{id}/events), counted per API process: beyond a cap a new
+    # stream gets 429. One watcher per process reads every watched job each STREAM_POLL_S; an
+    # idle stream sends a comment every STREAM_HEARTBEAT_S so that proxies keep it open.
+    max_streams_per_key: int = Field(20, ge=1)
+    max_streams: int = Field(2000, ge=1)
+    stream_poll_s: float = Field(0.25, gt=0)
+    stream_heartbeat_s: float = Field(15.0, gt=0)
 
     flower_basic_auth: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"

@@ -52,7 +52,7 @@ def _db_retry(task: Task, kw: dict[str, Any], pending: dict[str, Any] | None, n:
 
 
 @app.task(bind=True, name="masterplan.stage", max_retries=None, ignore_result=True)
-def stage(self: Task, *, job_id: str, stage: str, errors: int = 0,
+def stage(self: Task, *, job_id: str, stage: str, errors: int = 0, waiting: bool = False,
           pending: dict[str, Any] | None = None, db_retries: int = 0) -> dict[str, Any]:
     """Never raises for LLM trouble: a failure is the stage's result, stored like a success."""
     rt = get_runtime()
@@ -61,11 +61,13 @@ def stage(self: Task, *, job_id: str, stage: str, errors: int = 0,
         if pending is not None:
             result = pipeline.store_pending(rt, job_id, stage, pending)
         else:
-            result = pipeline.run_stage(rt, job_id, stage, errors_left=ERROR_BUDGET - errors)
+            result = pipeline.run_stage(rt, job_id, stage, errors_left=ERROR_BUDGET - errors,
+                                        waiting=waiting)
     except pipeline.Deferred as d:
         log.info("stage %s of job %s waits %d ms: %s", stage, job_id, d.wait_ms, d.reason)
         raise self.retry(countdown=countdown(d.wait_ms), max_retries=None,
-                         kwargs={**kw, "errors": errors + int(d.is_error)}) from d
+                         kwargs={**kw, "errors": errors + int(d.is_error),
+                                 "waiting": not d.is_error}) from d
     except pipeline.StoreLater as keep:
         log.warning("stage %s of job %s: %s", stage, job_id, keep)
         raise _db_retry(self, kw, keep.outcome, db_retries, keep) from keep

@@ -13,6 +13,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, LLMCall, RunStatus, StageRun, utcnow
+from masterplan.llm.router import DEFERRED, SKIPS
 from masterplan.stages import pipeline
 
 
@@ -276,6 +277,18 @@ def record_calls(session: Session, *, job_id: str, stage: str, attempts: Iterabl
         session.execute(sa.insert(_CALLS), rows)
 
 
+def extend_wait(session: Session, *, job_id: str, stage: str, row: dict[str, Any]) -> None:
+    """One more wait in a stage's waiting episode: added to the episode's `deferred` row, so the
+    ledger grows with calls, not with every look at a chain that must still wait."""
+    c = _CALLS.c
+    last = sa.select(sa.func.max(c.id)).where(c.job_id == job_id, c.stage == stage,
+                                              c.outcome == DEFERRED).scalar_subquery()
+    if not _dml(session, sa.update(_CALLS).where(c.id == last).values(
+            wait_ms=c.wait_ms + row["wait_ms"], error=row["error"], provider=row["provider"],
+            model=row["model"])):
+        record_calls(session, job_id=job_id, stage=stage, attempts=[row])
+
+
 def update_job(session: Session, *, job_id: str, only_if_open: bool = True, **values: Any) -> bool:
     """Update the job's columns (Core: objects already loaded in the session are not refreshed)."""
     stmt = sa.update(_JOBS).where(_JOBS.c.id == job_id)
@@ -290,12 +303,11 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
     rows = session.execute(
         sa.select(
             c.stage, c.provider,
-            sa.func.count().filter(c.outcome.not_in(("skipped_cooldown", "skipped_ratelimit",
-                                                     "never_fits", "deferred"))),
+            sa.func.count().filter(c.outcome.not_in((*SKIPS, DEFERRED))),
             sa.func.coalesce(sa.func.sum(c.input_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.output_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
-            sa.func.coalesce(sa.func.sum(c.wait_ms).filter(c.outcome == "deferred"), 0),
+            sa.func.coalesce(sa.func.sum(c.wait_ms).filter(c.outcome == DEFERRED), 0),
             sa.func.count().filter(c.outcome != "ok"),
         )
         .where(c.job_id == job_id)

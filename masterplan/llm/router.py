@@ -50,6 +50,10 @@ from masterplan.settings import ProviderConfig
 
 log = logging.getLogger(__name__)
 
+# Ledger rows that are not calls: a provider passed over, or the step put off.
+SKIPS = ("skipped_cooldown", "skipped_ratelimit", "never_fits")
+DEFERRED = "deferred"
+
 # Waiting for Redis to come back: the task is retried after this, never waved through.
 LIMITER_DOWN_WAIT_MS = 2000
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import sys
+import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -17,6 +20,50 @@ if TYPE_CHECKING:
 
 class Hangup(Exception):
     """Close the connection without (the rest of) a response."""
+
+
+class Traffic:
+    """What happened to the provider requests on the wire: received, open now, answered in full
+    (by status), and charged answers the client never received in full ("undelivered": it was
+    killed, timed out or hung up while the answer was on its way, or the stream was broken)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[int, int] = {}  # id(call marker) -> client port
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.received = 0
+            self.answered: Counter[int] = Counter()
+            self.undelivered = 0
+            self.undelivered_tokens = 0
+
+    def opened(self, marker: object, client_port: int) -> None:
+        with self._lock:
+            self.received += 1
+            self._open[id(marker)] = client_port
+
+    def closed(self, marker: object, *, status: int, delivered: bool, tokens: int) -> None:
+        """`tokens`: what the request was charged (0 for refusals and errors)."""
+        with self._lock:
+            self._open.pop(id(marker), None)
+            if delivered:
+                self.answered[status] += 1
+            elif tokens:
+                self.undelivered += 1
+                self.undelivered_tokens += tokens
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "received": self.received,
+                "in_flight": len(self._open),
+                "in_flight_ports": sorted(self._open.values()),
+                "answered": {str(k): v for k, v in sorted(self.answered.items())},
+                "undelivered": self.undelivered,
+                "undelivered_tokens": self.undelivered_tokens,
+            }
 
 
 class FakeServer(ThreadingHTTPServer):
@@ -78,6 +125,18 @@ class FakeHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
+    def peer_gone(self) -> bool:
+        """The client closed its end (it died or gave up): an answer would go nowhere. A
+        keep-alive client sends nothing while it waits, so a readable socket means EOF."""
+        try:
+            poller = select.poll()  # not select(): no limit on the descriptor's number
+            poller.register(self.connection, select.POLLIN)
+            if not poller.poll(0):
+                return False  # nothing to read: still there, waiting
+            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
+        except OSError:
+            return True
+
     def send_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(doc).encode()
         self.send_response(status)
@@ -113,8 +172,8 @@ def handler_for(fake: FakeProvider) -> type[FakeHandler]:
 
 
 def control(fake: FakeProvider, h: FakeHandler, method: str, path: str, raw: bytes) -> None:
-    """`GET /_fake/stats`; `POST /_fake/{reset,fail_next,mode,consume,latency,fail_stream_after}`
-    with JSON arguments. Answers the stats as JSON."""
+    """`GET /_fake/stats`; `POST /_fake/{reset,fail_next,mode,consume,latency,fail_stream_after,
+    faults}` with JSON arguments. Answers the stats as JSON."""
     try:
         args = json.loads(raw) if raw else {}
         if method == "GET" and path == "/_fake/stats":
@@ -138,6 +197,9 @@ def control(fake: FakeProvider, h: FakeHandler, method: str, path: str, raw: byt
             fake.latency_s = float(args["latency_s"])
         elif path == "/_fake/fail_stream_after":
             fake.fail_stream_after(int(args["chunks"]))
+        elif path == "/_fake/faults":
+            fake.set_faults(error_rate=args.get("error_rate"),
+                            truncate_rate=args.get("truncate_rate"), seed=args.get("seed"))
         else:
             return h.send_json(404, {"error": f"no control endpoint {path}"})
     except (KeyError, TypeError, ValueError) as exc:

@@ -7,6 +7,7 @@ Pure, apart from the clock; `fake_provider` puts them on a socket.
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -255,3 +256,58 @@ def retry_headers(style: str, retry_after_s: float | None) -> dict[str, str]:
         "retry-after": str(max(1, math.ceil(retry_after_s))),
         "retry-after-ms": str(max(1, math.ceil(retry_after_s * 1000))),
     }
+
+
+# ---------------------------------------------------------------- probabilistic faults
+
+# What a provider's servers answer when they fail: Anthropic's overload is its own 529.
+_SERVER_ERRORS = {"anthropic": (500, 529)}
+_DEFAULT_SERVER_ERRORS = (500, 503)
+
+
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """The faults chosen for one request: a server error status (or None), a cut reply."""
+
+    error_status: int | None
+    cut: bool
+
+
+class Faults:
+    """Seeded random faults: `error_rate` of requests answer a 5xx (or 529 in the Anthropic
+    style) and `truncate_rate` of the answered ones get their content cut in the middle.
+
+    Every request takes the same three draws from the generator whatever its fate, so a seed
+    gives the same sequence of faults for the same sequence of requests. Not locked: its owner
+    holds one lock around every use.
+    """
+
+    def __init__(self, error_rate: float = 0.0, truncate_rate: float = 0.0,
+                 seed: int | None = None) -> None:
+        self.configure(error_rate=error_rate, truncate_rate=truncate_rate, seed=seed)
+        self.counts = {"error": 0, "truncated": 0}
+
+    def configure(self, *, error_rate: float | None = None, truncate_rate: float | None = None,
+                  seed: int | None = None) -> None:
+        for name, rate in (("error_rate", error_rate), ("truncate_rate", truncate_rate)):
+            if rate is not None and not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {rate!r}")
+        if error_rate is not None:
+            self.error_rate = float(error_rate)
+        if truncate_rate is not None:
+            self.truncate_rate = float(truncate_rate)
+        if seed is not None or not hasattr(self, "rng"):
+            self.seed = seed
+            self.rng = random.Random(seed)
+
+    def draw(self, style: str) -> Draw:
+        u_error, u_cut, u_pick = self.rng.random(), self.rng.random(), self.rng.random()
+        if u_error < self.error_rate:
+            statuses = _SERVER_ERRORS.get(style, _DEFAULT_SERVER_ERRORS)
+            self.counts["error"] += 1
+            return Draw(statuses[int(u_pick * len(statuses))], False)
+        return Draw(None, u_cut < self.truncate_rate)
+
+    def state(self) -> dict[str, Any]:
+        return {"error_rate": self.error_rate, "truncate_rate": self.truncate_rate,
+                "seed": self.seed, **self.counts}

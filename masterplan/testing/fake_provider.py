@@ -8,14 +8,20 @@ and benchmarks exercise the project's adapters, retries and rate limiting end to
 
 Served: `POST .../chat/completions` (any prefix, e.g. Gemini's `/v1beta/openai`) and
 `POST /v1/messages`, streaming or not; token-bucket TPM/RPM limits with the providers' headers
-and 429 bodies; fault injection (`fail_next`, `set_mode`, `fail_stream_after`, `latency_s`).
+and 429 bodies; fault injection (`fail_next`, `set_mode`, `fail_stream_after`, `latency_s`) and
+seeded random faults (`error_rate`: 500/503, or 500/529 in the Anthropic style; `truncate_rate`:
+a 200 whose content is cut in the middle, its tokens still charged).
 
 As a separate process (prints `READY <url>`, serves until SIGTERM):
 
-    python -m masterplan.testing.fake_provider --port 0 --tpm 6000 --rpm 30 --flavor groq
+    python -m masterplan.testing.fake_provider --port 0 --tpm 6000 --rpm 30 --flavor groq \
+        --error-rate 0.3 --truncate-rate 0.2 --seed 7
 
 and is driven over HTTP: `GET /_fake/stats`, `POST /_fake/reset`, `POST /_fake/fail_next`,
-`POST /_fake/mode`, `POST /_fake/consume`, `POST /_fake/latency`, `POST /_fake/fail_stream_after`.
+`POST /_fake/mode`, `POST /_fake/consume`, `POST /_fake/latency`, `POST /_fake/fail_stream_after`,
+`POST /_fake/faults`. The stats say what a provider's bill and logs would: requests received,
+open now (`in_flight`, with the client ports), answered by status, tokens charged
+(`tokens_admitted`) and charged answers that never reached their client (`undelivered`).
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from masterplan.testing.fake_http import FakeHandler, FakeServer, Hangup, handler_for
+from masterplan.testing.fake_http import FakeHandler, FakeServer, Hangup, Traffic, handler_for
 from masterplan.testing.fake_limits import (
     Bucket,
     BucketState,
+    Draw,
+    Faults,
     error_body,
     limit_headers,
     rate_limit_message,
@@ -81,6 +89,8 @@ class FakeCall:
     output_tokens: int
     streamed: bool
     at: float  # time.monotonic() on arrival
+    client_port: int = 0
+    fault: str | None = None  # "error" or "truncated" when a random fault hit it
 
 
 @dataclass(slots=True)
@@ -109,6 +119,9 @@ class FakeProvider:
         default_max_tokens: int = 1024,
         chunk_chars: int = 24,
         hang_s: float = 30.0,
+        error_rate: float = 0.0,
+        truncate_rate: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
@@ -130,6 +143,8 @@ class FakeProvider:
         self._mode: str = "ok"
         self._tokens_admitted = 0
         self._wake = threading.Event()  # set to end hangs and latency sleeps early
+        self._faults = Faults(error_rate, truncate_rate, seed)
+        self.traffic = Traffic()
         self._tokens: Bucket | None = None
         self._requests: Bucket | None = None
         self._refill_buckets()
@@ -222,6 +237,12 @@ class FakeProvider:
         with self._lock:
             self._stream_break = chunks
 
+    def set_faults(self, *, error_rate: float | None = None, truncate_rate: float | None = None,
+                   seed: int | None = None) -> None:
+        """Change the random fault rates (None: unchanged); a seed restarts the sequence."""
+        with self._lock:
+            self._faults.configure(error_rate=error_rate, truncate_rate=truncate_rate, seed=seed)
+
     def consume(self, tokens: int) -> None:
         """Take `tokens` from the TPM bucket, as another client of the same key would.
 
@@ -233,8 +254,11 @@ class FakeProvider:
                 self._tokens.level -= tokens
 
     def reset(self) -> None:
-        """Forget calls, queued failures, stream breaks and mode; refill the buckets."""
+        """Forget calls, counters, queued failures, stream breaks and mode; refill the buckets.
+        The random fault rates stay (set them with `set_faults`)."""
+        self.traffic.reset()
         with self._lock:
+            self._faults.counts.update(error=0, truncated=0)
             self._calls.clear()
             self._failures.clear()
             self._stream_break = None
@@ -263,12 +287,14 @@ class FakeProvider:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             by_status = Counter(str(c.status) for c in self._calls)
-            return {
+            mine = {
                 "calls": len(self._calls),
                 "by_status": dict(by_status),
                 "tokens_admitted": self._tokens_admitted,
                 "mode": self._mode,
+                "faults": self._faults.state(),
             }
+        return mine | self.traffic.state()
 
     # ------------------------------------------------------------ internals
 
@@ -368,17 +394,31 @@ class FakeProvider:
         return error_body(style, failure.status, msg, retry_after_s=failure.retry_after_s)
 
     def handle(self, h: FakeHandler, path: str, raw: bytes) -> None:
-        """Serve one provider request (on the connection's thread). Everything is decided and
-        recorded before the first byte goes out, so a client that has its answer sees the call."""
+        """Serve one provider request (on the connection's thread), counting it in `traffic`
+        from arrival until its answer is out (or lost)."""
         api: Api = "anthropic" if path.rstrip("/").endswith("/messages") else "openai"
-        style = style_for(self.flavor, api)
         headers = {k.lower(): v for k, v in h.headers.items()}
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         streamed = isinstance(body, dict) and bool(body.get("stream"))
-        call = FakeCall(path, api, headers, body, 0, 0, 0, streamed, time.monotonic())
+        call = FakeCall(path, api, headers, body, 0, 0, 0, streamed, time.monotonic(),
+                        client_port=int(h.client_address[1]))
+        self.traffic.opened(call, call.client_port)
+        delivered = False
+        try:
+            self._serve(h, call)
+            delivered = True
+        finally:
+            charged = call.input_tokens + call.output_tokens if call.status == 200 else 0
+            self.traffic.closed(call, status=call.status, delivered=delivered, tokens=charged)
+
+    def _serve(self, h: FakeHandler, call: FakeCall) -> None:
+        """Everything is decided and recorded before the first byte goes out, so a client that
+        has its answer sees the call."""
+        api, headers, body = call.api, call.headers, call.body
+        style = style_for(self.flavor, api)
         rid = new_id("req_")
         ids = {"request-id": rid} if api == "anthropic" else {"x-request-id": rid}
 
@@ -388,6 +428,8 @@ class FakeProvider:
             extra.update(retry_headers(style, retry_after_s))
             call.status = status
             self._record(call)
+            if h.peer_gone():
+                raise Hangup
             h.send_json(status, err, extra)
 
         mode = self._mode
@@ -407,28 +449,37 @@ class FakeProvider:
         call.input_tokens = tokens_of(prompt.input_chars)
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
+            draw: Draw = self._faults.draw(style)
         if failure is not None:
             err = self._failure_body(style, prompt, failure)
             return fail(failure.status, err, failure.retry_after_s)
+        if draw.error_status is not None:
+            call.fault = "error"
+            return fail(draw.error_status, error_body(style, draw.error_status))
         need = call.input_tokens + (prompt.max_tokens or self.default_max_tokens)
         status, err, wait = self._refusal(style, prompt, need)
         if status:
             return fail(status, err, wait)
         try:
             answer = self.responder(prompt)
-            reply = make_reply(prompt, answer, invalid_json=mode == "invalid_json")
+            reply = make_reply(prompt, answer, invalid_json=mode == "invalid_json", cut=draw.cut)
         except Exception as exc:  # noqa: BLE001 - a broken responder is a 500, like a provider bug
             self._settle(need, 0)
             return fail(500, error_body(style, 500, f"responder failed: {exc!r}"))
         self._settle(need, reply.input_tokens + reply.output_tokens)
         call.output_tokens, call.status = reply.output_tokens, 200
         with self._lock:
+            if draw.cut:
+                call.fault = "truncated"
+                self._faults.counts["truncated"] += 1
             extra = {**ids, **limit_headers(style, *self._states())}
             breaks, self._stream_break = (
                 (self._stream_break, None) if prompt.stream else (None, self._stream_break)
             )
         self._record(call)
         self._sleep(self.latency_s)
+        if h.peer_gone():
+            raise Hangup  # charged, and nobody to tell: the client died or gave up meanwhile
         if not prompt.stream:
             if api == "anthropic":
                 return h.send_json(200, anthropic_message(prompt, reply), extra)
@@ -472,12 +523,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key", default=None)
     p.add_argument("--latency-s", type=float, default=0.0)
     p.add_argument("--chunk-chars", type=int, default=24)
+    p.add_argument("--error-rate", type=float, default=0.0,
+                   help="share of requests answered 500/503 (500/529 in the Anthropic style)")
+    p.add_argument("--truncate-rate", type=float, default=0.0,
+                   help="share of answered requests whose content is cut in the middle")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random faults")
     a = p.parse_args(argv)
-    fake = FakeProvider(
-        flavor=a.flavor, tpm=a.tpm, rpm=a.rpm, burst_tokens=a.burst_tokens,
-        burst_requests=a.burst_requests, api_key=a.api_key, latency_s=a.latency_s,
-        port=a.port, host=a.host, chunk_chars=a.chunk_chars,
-    )
+    try:
+        fake = FakeProvider(
+            flavor=a.flavor, tpm=a.tpm, rpm=a.rpm, burst_tokens=a.burst_tokens,
+            burst_requests=a.burst_requests, api_key=a.api_key, latency_s=a.latency_s,
+            port=a.port, host=a.host, chunk_chars=a.chunk_chars, error_rate=a.error_rate,
+            truncate_rate=a.truncate_rate, seed=a.seed,
+        )
+    except ValueError as exc:
+        p.error(str(exc))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jiter
+
 Api = Literal["openai", "anthropic"]
 Flavor = Literal["openai", "groq", "gemini", "anthropic"]
 FLAVORS: tuple[str, ...] = ("openai", "groq", "gemini", "anthropic")
@@ -197,7 +199,16 @@ class Reply:
     truncated: bool  # cut at max_tokens
 
 
-def make_reply(prompt: FakePrompt, answer: str | dict[str, Any], *, invalid_json: bool) -> Reply:
+def cut_in_half(text: str) -> str:
+    """The first half of `text` (at least one character): a JSON text cut mid-object."""
+    return text[: max(1, len(text) // 2)]
+
+
+def make_reply(
+    prompt: FakePrompt, answer: str | dict[str, Any], *, invalid_json: bool, cut: bool = False
+) -> Reply:
+    """`invalid_json`: JSON that is unusable (mode "invalid_json"); `cut`: any content cut in
+    the middle, without saying so in the finish reason (the `truncate_rate` fault)."""
     tool_input: dict[str, Any] | None = None
     truncated = False
     if prompt.json_mode == "tool":
@@ -212,10 +223,15 @@ def make_reply(prompt: FakePrompt, answer: str | dict[str, Any], *, invalid_json
         if invalid_json:
             tool_input = {}  # valid JSON, violates the schema
         text = json.dumps(tool_input)
+        if cut:
+            # The tool input as the SDK rebuilds it from a stream cut here: a partial object.
+            text = cut_in_half(text)
+            partial = jiter.from_json(text.encode(), partial_mode="trailing-strings")
+            tool_input = partial if isinstance(partial, dict) else {}
     else:
         text = answer if isinstance(answer, str) else json.dumps(answer)
-        if invalid_json and prompt.wants_json:
-            text = text[: max(1, len(text) // 2)]  # cut mid-object: unparseable
+        if cut or (invalid_json and prompt.wants_json):
+            text = cut_in_half(text)  # cut mid-object: unparseable
         if prompt.max_tokens is not None and tokens_of(len(text)) > prompt.max_tokens:
             text = text[: prompt.max_tokens * 4]
             truncated = True

@@ -53,6 +53,18 @@ def test_the_seed_burst_gets_no_429_and_finishes_when_the_bucket_allows(make_sta
         assert bound > 30  # the burst really had to wait for the bucket
         assert took <= 1.10 * bound, (took, bound)
         assert job["usage"]["totals"]["wait_ms"] > 0  # the waits are visible in the job's usage
+        # The ledger grows with calls, not with every look at a chain that must still wait: one
+        # `deferred` row (and one set of skips) per stage's waiting episode, the waits summed.
+        from collections import Counter
+
+        deferred = Counter(c.stage for c in calls if c.outcome == "deferred")
+        assert deferred and max(deferred.values()) == 1, deferred
+        skips = Counter(c.stage for c in calls if c.outcome == "skipped_ratelimit")
+        assert max(skips.values()) == 1, skips
+        waited = {c.stage: c.wait_ms for c in calls if c.outcome == "deferred"}
+        by_stage = {u["stage"]: u["wait_ms"] for u in job["usage"]["by_stage"]}
+        assert all(by_stage[st] == w for st, w in waited.items())
+        assert max(waited.values()) > 5000  # several waits folded into one row
 
 
 def test_overflow_goes_to_a_provider_with_room_at_once(make_stack) -> None:
