@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, metrics
+from api import errors, metrics, openapi
+from api.middleware import BodyLimit, PathGuard
 from api.routes import events, health, jobs, providers
 from masterplan.errors import ConfigError, SchemaBehindError
 from masterplan.logs import setup_logging
@@ -54,10 +55,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if owned:
             app.state.runtime.close()
 
-    app = FastAPI(title="Masterplan", version="0.1.0", lifespan=lifespan)
+    docs = settings.docs_enabled
+    app = FastAPI(title="Masterplan", version="0.1.0", lifespan=lifespan,
+                  description=openapi.DESCRIPTION, openapi_url="/openapi.json" if docs else None,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
     app.state.api_keys = keys
     errors.install(app)
     metrics.install(app)
     for r in (health.router, jobs.router, events.router, providers.router):
         app.include_router(r)
+    openapi.install(app, settings)
+    # The last added runs first: the body cap wraps everything, then the path check, both
+    # ahead of routing and parsing.
+    app.add_middleware(PathGuard)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -4,7 +4,11 @@ The database is the source of truth that every worker on every machine writes to
 stage and LLM figures are aggregates of its tables (`jobs`, `stage_runs`, the `llm_calls`
 ledger) rather than per-process counters that would have to be summed across workers and would
 reset on every restart. Queue depth comes from the broker (Redis `LLEN`): Flower has no
-queue-length metric. `install(app)` mounts the route; it takes the API's bearer keys.
+queue-length metric. `install(app)` mounts the route.
+
+The figures are every tenant's totals, so the route answers to its own credential,
+`METRICS_TOKEN` (a bearer token), never to the tenants' API keys; without it set, /metrics does
+not exist (404), so a scanner learns nothing. AUTH_DISABLED (local use) leaves it open.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
 from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,7 +31,7 @@ from prometheus_client.core import (
 )
 from sqlalchemy.orm import Session
 
-from api.deps import RuntimeDep, current_owner
+from api.deps import CHALLENGE, RuntimeDep, bearer_token, matching
 from masterplan.db.models import Job, JobStatus, LLMCall, RunStatus, StageRun
 from masterplan.runtime import Runtime
 
@@ -274,9 +278,22 @@ def render(runtime: Runtime) -> bytes:
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", include_in_schema=False, dependencies=[Depends(current_owner)])
+def metrics_access(request: Request, rt: RuntimeDep) -> None:
+    settings = rt.settings
+    if settings.auth_disabled:
+        return
+    if settings.metrics_token is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
+    token = bearer_token(request)
+    if token is None or matching(token, [settings.metrics_token.get_secret_value()]) is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            "/metrics needs `Authorization: Bearer <METRICS_TOKEN>`",
+                            headers=CHALLENGE)
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_access)])
 def metrics(rt: RuntimeDep) -> Response:
-    """Prometheus scrape endpoint (same bearer keys as the API; open when AUTH_DISABLED)."""
+    """Prometheus scrape endpoint: `Authorization: Bearer <METRICS_TOKEN>`."""
     return Response(render(rt), media_type=CONTENT_TYPE_LATEST)
 
 

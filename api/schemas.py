@@ -7,13 +7,29 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_IDEA_CHARS = 20_000
+from api.validation import IDEA_PATTERN, MAX_IDEA_CHARS, text_problem
+
+EXAMPLES = {
+    "idea": {"summary": "An idea alone", "value": {"idea": "bike repair subscriptions"}},
+    "with_context": {
+        "summary": "An idea with the founder's interview answers",
+        "value": {"idea": "a marketplace for used lab equipment",
+                  "context": {"budget": "50k", "team": ["a chemist", "a developer"],
+                              "market": {"region": "EU", "buyers": "university labs"}}},
+    },
+}
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    idea: str = Field(description="The startup idea, 1 to 20,000 characters.")
+    # The length and pattern are checked by the validator below (messages that say what to
+    # fix); the schema states the same rules for clients.
+    idea: str = Field(
+        description="The startup idea: 1 to 20,000 characters, not only whitespace (surrounding "
+        "whitespace is removed), without NUL or unpaired surrogates.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_IDEA_CHARS, "pattern": IDEA_PATTERN},
+    )
     context: dict[str, Any] | None = Field(
         None, description="Optional founder context, e.g. interview answers."
     )
@@ -21,11 +37,13 @@ class JobCreate(BaseModel):
     @field_validator("idea")
     @classmethod
     def _idea(cls, v: str) -> str:
+        if len(v) > MAX_IDEA_CHARS:
+            raise ValueError(f"is {len(v)} characters; the limit is {MAX_IDEA_CHARS}")
+        if (why := text_problem(v)) is not None:
+            raise ValueError(why)
         v = v.strip()
         if not v:
             raise ValueError("must not be empty or only whitespace")
-        if len(v) > MAX_IDEA_CHARS:
-            raise ValueError(f"is {len(v)} characters; the limit is {MAX_IDEA_CHARS}")
         return v
 
 
@@ -134,3 +152,9 @@ class ProviderPublic(BaseModel):
 class ProviderList(BaseModel):
     chain: list[str]
     providers: list[ProviderPublic]
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ok` when every dependency answers, else `unavailable`.")
+    database: str = Field(description="`ok`, or `unreachable: <error class>`.")
+    broker: str = Field(description="`ok`, or `unreachable: <error class>`.")

@@ -85,6 +85,16 @@ class Settings(BaseSettings):
 
     api_keys: SecretStr | None = None
     auth_disabled: bool = False
+    # The API's own guards. /metrics answers only to METRICS_TOKEN (404 while it is unset), so
+    # tenants' API keys never see other tenants' totals; /docs and /openapi.json can be hidden.
+    metrics_token: SecretStr | None = None
+    docs_enabled: bool = True
+    # Bounded input, checked before anything is stored: the whole request body (enforced while
+    # it is read), and the founder's `context` (nesting, keys per object, size as compact JSON).
+    max_request_bytes: int = Field(256 * 1024, ge=1024)
+    context_max_depth: int = Field(8, ge=1, le=64)
+    context_max_keys: int = Field(200, ge=1)
+    context_max_bytes: int = Field(64 * 1024, ge=1)
 
     llm_providers: str | None = None
     llm_timeout_s: float = Field(60.0, gt=0)
@@ -123,13 +133,15 @@ class Settings(BaseSettings):
         # load_settings is the one reader of the environment and `.env`; it passes values in.
         return (init_settings,)
 
-    @field_validator("api_keys", "flower_basic_auth", "redis_url", "llm_providers", mode="before")
+    @field_validator("api_keys", "flower_basic_auth", "metrics_token", "redis_url", "llm_providers",
+                     mode="before")
     @classmethod
     def _strip(cls, v: object) -> object:
         if isinstance(v, str):
             v = v.strip()
             return v or None
         return v
+
 
     @property
     def embedded(self) -> bool:

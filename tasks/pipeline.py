@@ -25,6 +25,7 @@ from masterplan import pipeline
 from masterplan.db.session import is_db_unavailable
 from masterplan.stages import pipeline as stages
 from workers import app
+from workers.config import FAIL_FAST_TRANSPORT
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,21 @@ def stage(self: Task, *, job_id: str, stage: str, errors: int = 0, waiting: bool
     return result.as_dict()
 
 
-def publish(job_id: str, names: Iterable[str], *, retry: bool = True) -> None:
+def publish(job_id: str, names: Iterable[str], **options: Any) -> None:
     """Send a task for each stage, to its queue. Raises when the broker cannot take one."""
     p = stages()
     for name in names:
-        stage.apply_async(kwargs={"job_id": job_id, "stage": name}, queue=p[name].queue,
-                          retry=retry)
+        stage.apply_async(kwargs={"job_id": job_id, "stage": name}, queue=p[name].queue, **options)
+
+
+def publish_or_fail_fast(job_id: str, names: Iterable[str]) -> None:
+    """`publish`, giving up within about a second when the broker is away (for callers that
+    keep the rows and try again later: the API, the sweep)."""
+    with app.connection_for_write(transport_options=FAIL_FAST_TRANSPORT) as conn:
+        publish(job_id, names, connection=conn, retry=False)
 
 
 def enqueue(job_id: str) -> None:
     """Publish a new job's first stages (those that need nothing). The job row is the outbox:
-    if this fails, the sweep publishes them later."""
-    publish(job_id, [s.name for s in stages().stages if not s.needs], retry=False)
+    if the broker is away, the sweep publishes them later."""
+    publish_or_fail_fast(job_id, [s.name for s in stages().stages if not s.needs])

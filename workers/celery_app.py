@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from celery import Celery, signals
 
@@ -15,7 +16,37 @@ from workers import runtime
 from workers.config import celery_config
 
 
+def _survive_redis_loss() -> None:
+    """Keep a worker alive when Redis goes away while it holds unacknowledged messages.
+
+    Once the lost connection is torn down, kombu 5.7's Redis channel still gets used — to ack
+    a message that just finished, to put unacked ones back while closing — and fails with
+    AttributeError ('NoneType' object has no attribute 'client' / 'hostname') instead of a
+    connection error. That escapes Celery's connection-loss handling, the worker exits
+    ("Unrecoverable error") and nothing is left to reconnect. Raised as the connection error it
+    is, Celery logs it and reconnects. What was not acked stays in Redis's unacked set
+    (redelivered after the visibility timeout) or was lost with Redis; either way the recovery
+    sweep re-drives those stages from the database, and a redelivery of a finished stage is a
+    no-op.
+    """
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    connparams = kombu_redis.Channel._connparams
+    if getattr(connparams, "_tolerant", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection was closed")
+        return connparams(self, asynchronous=asynchronous)
+
+    _connparams._tolerant = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> Celery:
+    _survive_redis_loss()
     app = Celery("masterplan", include=["tasks.pipeline"])
     app.conf.update(celery_config(settings))
     runtime.configure(settings)
@@ -46,10 +77,10 @@ _sweepers: list[Sweeper] = []
 
 def start_sweeper() -> Sweeper:
     """Every worker process sweeps: recovery needs no leader (SQL guards each re-drive)."""
-    from tasks.pipeline import publish
+    from tasks.pipeline import publish_or_fail_fast
 
     interval = runtime.get_runtime().settings.sweep_interval_s
-    sweeper = Sweeper(runtime.get_runtime, publish, interval).start()
+    sweeper = Sweeper(runtime.get_runtime, publish_or_fail_fast, interval).start()
     _sweepers.append(sweeper)
     return sweeper
 

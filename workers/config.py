@@ -19,11 +19,12 @@ HARD_TIME_LIMIT_S = 330
 VISIBILITY_TIMEOUT_S = 3600
 
 
-# A publish to a broker that is away fails within about a second (kombu's default: retry for
-# the connect timeout, ~6 s, while the API's caller waits); the job row is the outbox and the
-# sweep publishes later. Workers reconnect their consumers on their own schedule regardless.
-_FAIL_FAST = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2,
-              "connect_retries_timeout": 1}
+# For the API's publishes only: one that cannot reach the broker fails within about a second
+# (kombu's default retries for its connect timeout, ~6 s, while the client waits); the job row
+# is the outbox and the sweep publishes later. Not for workers: their consumers read the same
+# options when reconnecting, and with these they give up on a broker that is restarting.
+FAIL_FAST_TRANSPORT = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                       "interval_max": 0.2, "connect_retries_timeout": 1}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -62,10 +63,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     elif settings.broker_url.startswith(("amqp", "pyamqp")):
         # RabbitMQ redelivers a dead consumer's unacked messages at once (no visibility timeout).
         conf["broker_connection_timeout"] = 2
-        conf["broker_transport_options"] = {"confirm_publish": True, **_FAIL_FAST}
+        conf["broker_transport_options"] = {"confirm_publish": True}
     else:
         conf["broker_transport_options"] = {
-            **_FAIL_FAST,
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "global_keyprefix": f"{settings.redis_key_prefix}:",
             "socket_connect_timeout": 2,

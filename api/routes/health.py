@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import RuntimeDep
+from api.schemas import Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +17,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={
+    503: {"model": Readiness, "description": "The database or the broker does not answer."}})
 def readyz(rt: RuntimeDep) -> JSONResponse:
     """Ready when the database and the broker answer."""
     checks: dict[str, str] = {}

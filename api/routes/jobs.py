@@ -1,16 +1,36 @@
-"""POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs."""
+"""POST /v1/jobs, GET /v1/jobs/{id}, DELETE /v1/jobs/{id}, GET /v1/jobs.
+
+Every input is checked before anything is stored, so a job that exists can always be read back.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Annotated
+from uuid import UUID
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import OwnerDep, RuntimeDep, SessionDep
-from api.schemas import JobCreate, JobList, JobPublic, JobSummary, PersonaPublic, StagePublic, Usage
+from api.deps import AuthenticatedRoute, OwnerDep, RuntimeDep, SessionDep
+from api.schemas import (
+    EXAMPLES,
+    JobCreate,
+    JobList,
+    JobPublic,
+    JobSummary,
+    PersonaPublic,
+    StagePublic,
+    Usage,
+)
+from api.validation import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    ContextLimits,
+    context_problem,
+)
 from masterplan import pipeline as pipeline_steps
 from masterplan.db import queries as q
 from masterplan.db.models import Job, StageRun, utcnow
@@ -19,7 +39,11 @@ from masterplan.settings import provider_chain
 from masterplan.stages import Kind, Pipeline, pipeline
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Authenticated before the body is read: a caller without a key costs no parsing.
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthenticatedRoute)
+MAX_OFFSET = 1_000_000
+LOCATION = {"Location": {"description": "The job's URL, `/v1/jobs/<id>`.", "required": True,
+                         "schema": {"type": "string"}}}
 
 
 def _stage_public(p: Pipeline, r: StageRun) -> StagePublic:
@@ -67,8 +91,12 @@ def _primary(rt: Runtime) -> str:
 
 IdempotencyKey = Annotated[
     str | None,
-    Header(max_length=128, description="Resubmitting with the same key returns the same job."),
+    Header(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS, pattern=IDEMPOTENCY_KEY_PATTERN,
+           description="Resubmitting with the same key returns the same job (200) instead of "
+           "creating another; the same key with another body is a 409. 1 to 128 printable ASCII "
+           "characters."),
 ]
+JobBody = Annotated[JobCreate, Body(openapi_examples=EXAMPLES)]
 
 
 def _replay(job: Job, body: JobCreate) -> None:
@@ -80,23 +108,45 @@ def _replay(job: Job, body: JobCreate) -> None:
         )
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response,
+def _check_context(body: JobCreate, rt: Runtime) -> None:
+    if body.context is None:
+        return
+    found = context_problem(body.context, ContextLimits.of(rt.settings))
+    if found is not None:
+        loc, message = found
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message}])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses={
+    202: {"description": "The job was stored and queued.", "headers": LOCATION},
+    200: {"model": JobPublic, "headers": LOCATION,
+          "description": "A retry with the same Idempotency-Key and body: the first job."},
+    409: {"description": "The Idempotency-Key was used with another body, or its first "
+          "request is still being stored."},
+})
+def submit(body: JobBody, owner: OwnerDep, rt: RuntimeDep, response: Response,
            idempotency_key: IdempotencyKey = None) -> JobPublic:
     """Store the job, then enqueue it. With an Idempotency-Key, a retry returns the first job
     (200) instead of creating another."""
     from tasks.pipeline import enqueue
 
+    _check_context(body, rt)
     try:
         with rt.sessions.begin() as session:
             job = q.create_job(session, owner=owner, idea=body.idea, context=body.context,
                                deadline_s=rt.settings.job_deadline_s,
                                idempotency_key=idempotency_key)
     except IntegrityError:
+        if idempotency_key is None:
+            raise
         with rt.sessions() as session:
-            first = q.job_by_idempotency_key(session, owner=owner, key=idempotency_key or "")
+            first = q.job_by_idempotency_key(session, owner=owner, key=idempotency_key)
             if first is None:
-                raise
+                # The row the insert collided with is gone again (rolled back or removed): a
+                # retry of this request will be stored.
+                raise HTTPException(status.HTTP_409_CONFLICT,
+                                    "a request with this Idempotency-Key is being processed; "
+                                    "retry", headers={"Retry-After": "1"}) from None
             _replay(first, body)
             response.status_code = status.HTTP_200_OK
             response.headers["Location"] = f"/v1/jobs/{first.id}"
@@ -116,14 +166,14 @@ def submit(body: JobCreate, owner: OwnerDep, rt: RuntimeDep, response: Response,
 @router.delete("/{job_id}", response_model=JobPublic,
                responses={404: {"description": "No such job for this API key"},
                           409: {"description": "The job has already ended"}})
-def cancel(job_id: str, owner: OwnerDep, rt: RuntimeDep) -> JobPublic:
+def cancel(job_id: UUID, owner: OwnerDep, rt: RuntimeDep) -> JobPublic:
     """Cancel a queued or running job: no new LLM call starts for it; calls already running
     finish and are recorded; what finished is kept."""
-    found, cancelled = pipeline_steps.cancel(rt, job_id, owner=owner)
+    found, cancelled = pipeline_steps.cancel(rt, str(job_id), owner=owner)
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} for this API key")
     with rt.sessions() as session:
-        job = q.get_job(session, job_id=job_id)
+        job = q.get_job(session, job_id=str(job_id))
         assert job is not None
         if not cancelled:
             raise HTTPException(status.HTTP_409_CONFLICT,
@@ -131,9 +181,11 @@ def cancel(job_id: str, owner: OwnerDep, rt: RuntimeDep) -> JobPublic:
         return job_public(session, job, _primary(rt))
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def read(job_id: str, owner: OwnerDep, session: SessionDep, rt: RuntimeDep) -> JobPublic:
-    job = q.get_job(session, job_id=job_id, owner=owner)
+@router.get("/{job_id}", response_model=JobPublic,
+            responses={404: {"description": "No such job for this API key"}})
+def read(job_id: UUID, owner: OwnerDep, session: SessionDep, rt: RuntimeDep) -> JobPublic:
+    """The job, its stages in pipeline order, their outputs, usage and cost."""
+    job = q.get_job(session, job_id=str(job_id), owner=owner)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} for this API key")
     return job_public(session, job, _primary(rt))
@@ -144,8 +196,9 @@ def list_(
     owner: OwnerDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
+    """The caller's jobs, newest first."""
     rows = q.list_jobs(session, owner=owner, limit=limit + 1, offset=offset)
     return JobList(
         items=[JobSummary.model_validate(j, from_attributes=True) for j in rows[:limit]],

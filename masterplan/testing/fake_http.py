@@ -25,7 +25,10 @@ class Hangup(Exception):
 class Traffic:
     """What happened to the provider requests on the wire: received, open now, answered in full
     (by status), and charged answers the client never received in full ("undelivered": it was
-    killed, timed out or hung up while the answer was on its way, or the stream was broken)."""
+    killed, timed out or hung up while the answer was on its way, or the stream was broken).
+
+    A request counts as answered once its last byte is written, so a client holding its whole
+    answer may, for a moment, still see it `in_flight`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -19,6 +19,7 @@ from tests.procs import free_port
 
 REDIS_DB = 5
 KEY = "metrics-key-0123456789"
+TOKEN = "metrics-token-0123456789"
 PERSONAS = ("market", "technical", "finance", "risk", "growth")
 
 
@@ -60,7 +61,7 @@ def stack(any_db_url: str, redis_url: str) -> Iterator[Any]:
 
     flush_redis(REDIS_DB)
     settings = make_settings({"REDIS_URL": _redis_url(REDIS_DB), "DATABASE_URL": any_db_url,
-                              "API_KEYS": KEY})
+                              "API_KEYS": KEY, "METRICS_TOKEN": TOKEN})
     rt = build_runtime(settings, migrate=True)
     _seed(rt)
     # the project's routing, on an app of our own (not the process's current one)
@@ -84,7 +85,7 @@ def stack(any_db_url: str, redis_url: str) -> Iterator[Any]:
 Samples = dict[tuple[str, tuple[Any, ...]], float]
 
 
-def scrape(client: Any, key: str | None = KEY) -> Samples:
+def scrape(client: Any, key: str | None = TOKEN) -> Samples:
     r = client.get("/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
@@ -92,9 +93,11 @@ def scrape(client: Any, key: str | None = KEY) -> Samples:
             for family in text_string_to_metric_families(r.text) for s in family.samples}
 
 
-def test_metrics_need_an_api_key(stack: Any) -> None:
+def test_metrics_need_the_metrics_token_not_an_api_key(stack: Any) -> None:
     assert stack.get("/metrics").status_code == 401
     assert stack.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # every tenant's totals are not for a tenant's key
+    assert stack.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 401
 
 
 def test_metrics_report_jobs_calls_costs_waits_and_queues(stack: Any) -> None:
