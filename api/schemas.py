@@ -47,8 +47,9 @@ class JobCreate(BaseModel):
         return v
 
 
-class PersonaPublic(BaseModel):
-    persona: str
+class RunPublic(BaseModel):
+    """One stage's run: what both views of it (a persona, any stage) show."""
+
     status: str
     provider: str | None
     model: str | None
@@ -58,17 +59,14 @@ class PersonaPublic(BaseModel):
     output: dict[str, Any] | None
 
 
-class StagePublic(BaseModel):
+class PersonaPublic(RunPublic):
+    persona: str
+
+
+class StagePublic(RunPublic):
     stage: str
     title: str
     kind: str
-    status: str
-    provider: str | None
-    model: str | None
-    attempts: int
-    error: str | None
-    latency_ms: int | None
-    output: dict[str, Any] | None
 
 
 class StageUsage(BaseModel):
