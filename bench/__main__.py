@@ -1,6 +1,6 @@
 """Benchmarks: `python -m bench` (or `make bench`) runs them all and writes the report.
 
-    python -m bench                      # everything, ~22 min on 2 cores
+    python -m bench                      # everything, ~25 min on 2 cores
     python -m bench --quick              # tiny counts, one run each, no sustained rate-limit
                                          # run, < 2 min (a smoke run)
     python -m bench --only throughput,latency
@@ -8,8 +8,8 @@
     python -m bench --only sustained --update   # re-run one part into the existing report
 
 Names for --only: profile, throughput, latency, critical, concurrency, scaling, memory,
-limiter, burst, sustained (the last three are the rate-limit benchmark; `ratelimit` = all
-three).
+limiter, burst, sustained (those three are the rate-limit benchmark; `ratelimit` = all
+three), streams.
 
 Needs PostgreSQL (BENCH_PG_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres;
 a fresh database is created and dropped for each measurement) and Redis (BENCH_REDIS_URL,
@@ -36,7 +36,7 @@ from bench import harness as H
 from bench import report
 
 SECTIONS = ("profile", "throughput", "latency", "critical", "concurrency", "scaling", "memory",
-            "limiter", "burst", "sustained")
+            "limiter", "burst", "sustained", "streams")
 
 NOTES = [
     "Ours: `celery -A workers worker` processes, LLM_PROVIDERS=stub behind the token bucket "
@@ -78,6 +78,13 @@ NOTES = [
     "Limiter cost: one Python client (redis-py + hiredis), PING loop and reserve+reconcile "
     "loop interleaved in the same run; a pair is two round trips (reserve, then reconcile "
     "with a refund), ops = 2 × pairs.",
+    "Event streams: one `uvicorn api.main:app` process (PostgreSQL, Redis, no worker, so the "
+    "jobs stay queued); N sequential GET /healthz, then N sequential POST /v1/jobs from one "
+    "keep-alive client, idle and then with the streams open (held by a helper process, asyncio "
+    "+ httpx, one stream per queued job, opened 50 at a time), in each repeat; ratio = loaded / "
+    "idle percentile of the same repeat. API CPU is sampled over 3 s with nothing but the open "
+    "streams (the watcher's polling and the connections). Freed = from the helper's exit to "
+    "GET /v1/streams reporting no stream and no watcher.",
 ]
 
 
@@ -100,6 +107,7 @@ def _config(quick: bool) -> dict[str, Any]:
             "limiter": {"seconds": 0.5, "repeats": 1},
             "burst": {"repeats": 1, "limits": fast},
             "sustained": None,
+            "streams": {"streams": 200, "jobs": 200, "requests": 100, "repeats": 1},
         }
     return {
         "profile": {"n_jobs": 200},
@@ -117,6 +125,7 @@ def _config(quick: bool) -> dict[str, Any]:
         "limiter": {"seconds": 2.0, "repeats": 5},
         "burst": {"repeats": 3, "limits": Limits()},
         "sustained": {"repeats": 2, "window": 90.0, "limits": Limits()},
+        "streams": {"streams": 1000, "jobs": 1000, "requests": 300, "repeats": 3},
     }
 
 
@@ -175,6 +184,10 @@ def run(sections: list[str], quick: bool) -> dict[str, Any]:
                                                limits=c["limits"], pool=P.DEFAULT_POOL)
     if rl:
         results["ratelimit"] = rl
+    if "streams" in sections:
+        from bench import streams as ST
+
+        results["streams"] = ST.measure_streams(**cfg["streams"])
     results["meta"]["duration_s"] = time.monotonic() - t0
     results["meta"]["load_avg_at_end"] = os.getloadavg()
     return results

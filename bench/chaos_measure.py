@@ -1,9 +1,13 @@
 """What a chaos scenario reports, computed from SQL and from the fake providers' own counters
 after the run: job outcomes, duplicate stage outputs, calls paid twice, and the ledger's tokens
-against the tokens the providers say they charged."""
+against the tokens the providers say they charged; and, from the workers' logs, what became of
+a killed worker's unacknowledged messages."""
 
 from __future__ import annotations
 
+import re
+import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +32,7 @@ class Result:
 
     scenario: str
     mode: str
+    broker: str = "redis"
     jobs: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -60,7 +65,7 @@ class Result:
 
     def summary(self) -> str:
         """For assertion messages: the failed checks and the numbers."""
-        lines = [f"{self.scenario} ({self.mode}): {self.succeeded}/{self.jobs} succeeded, "
+        lines = [f"{self.scenario} ({self.mode}, {self.broker}): {self.succeeded}/{self.jobs} succeeded, "
                  f"{self.failed} failed, {self.unfinished} unfinished, fault->done "
                  f"{self.fault_to_done_s} s, extra {self.extra}"]
         if self.error:
@@ -155,3 +160,52 @@ def _epoch(dt: datetime | None) -> float:
 
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
+
+
+# `celery.worker.strategy` / `celery.app.trace` lines of a worker's log (masterplan's format).
+_TASK_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ celery\.[\w.]+: "
+                        r"Task masterplan\.stage\[([0-9a-f-]+)\] (\w+)(.*)$", re.M)
+
+
+def _task_events(log: str) -> list[tuple[float, str, str, str]]:
+    """(epoch, task id, event, rest of the line): received / succeeded / retry / raised ..."""
+    out = []
+    for m in _TASK_LINE.finditer(log):
+        at = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000
+        out.append((at, m[3], m[4], m[5]))
+    return out
+
+
+def redelivery(killed_log: str, other_log: str, fault_at: float) -> dict[str, Any]:
+    """What the other worker got of the killed one's unacknowledged messages, from their logs.
+
+    `held`: messages the killed worker had received and not finished (running or prefetched,
+    countdowns included); `redelivered`: how many of those the other worker received again
+    (same task id) after the kill, the delays from the kill, and what each redelivery came to
+    (`busy`: the stage was still claimed by the dead worker's lease, a no-op; `succeeded`: it
+    had not started there). On Redis they wait for the visibility timeout (1 h) instead: the
+    recovery sweep re-publishes those stages under new task ids."""
+    last: dict[str, str] = {}
+    for _, task_id, event, _rest in _task_events(killed_log):
+        last[task_id] = event
+    held = {t for t, event in last.items() if event == "received"}
+    got: dict[str, float] = {}
+    outcome: dict[str, str] = {}
+    for at, task_id, event, rest in _task_events(other_log):
+        if task_id not in held or at < fault_at - 0.5:
+            continue
+        if event == "received":
+            got.setdefault(task_id, at)
+        elif task_id in got and task_id not in outcome:
+            status = re.search(r"'status': '(\w+)'", rest)
+            outcome[task_id] = status[1] if status else event
+    delays = sorted(round(max(0.0, got[t] - fault_at), 3) for t in got)
+    out: dict[str, Any] = {"held": len(held), "redelivered": len(got),
+                           "delays_s": delays, "outcomes": dict(Counter(outcome.values()))}
+    summary = f"{len(got)}/{len(held)}"
+    if delays:
+        summary += f" in {delays[0]:.2f}-{delays[-1]:.2f} s"
+    if outcome:
+        summary += " (" + ", ".join(f"{k} {v}" for k, v in sorted(out["outcomes"].items())) + ")"
+    out["summary"] = summary
+    return out

@@ -1,6 +1,6 @@
 """How a chaos scenario is run: its size (`Mode`), its parts (`Scenario`: drive the fault,
-judge the properties) and `run`, which starts its `Stack`, drives, measures, judges and stops
-everything, whatever happened on the way."""
+judge the properties, the brokers it means something on) and `run`, which starts its `Stack` on
+one broker, drives, measures, judges and stops everything, whatever happened on the way."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chaos_measure import Result
-from bench.chaos_stack import Stack
+from bench.chaos_stack import BROKERS, Stack
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,30 @@ class Scenario:
     drive: Drive
     judge: Judge
     stack: Callable[[Mode], dict[str, Any]] = lambda m: {}
+    # Where the fault means what it says: killing Redis is a broker outage only on Redis.
+    brokers: tuple[str, ...] = BROKERS
 
     @property
     def about(self) -> str:
         return " ".join((self.drive.__doc__ or "").split())
 
 
-def run(scenario: Scenario, mode: Mode, log_root: Path) -> Result:
-    """Start the scenario's stack, drive the fault, measure, judge; stop everything."""
-    r = Result(scenario.name, mode.name)
+def log_dir_name(scenario: str, broker: str = "redis") -> str:
+    """<scenario> on Redis, <scenario>-<broker> otherwise."""
+    return scenario if broker == "redis" else f"{scenario}-{broker}"
+
+
+def run(scenario: Scenario, mode: Mode, log_root: Path, broker: str = "redis") -> Result:
+    """Start the scenario's stack on `broker`, drive the fault, measure, judge; stop
+    everything."""
+    if broker not in scenario.brokers:
+        raise ValueError(f"{scenario.name} is not run on {broker} (only {', '.join(scenario.brokers)})")
+    r = Result(scenario.name, mode.name, broker)
     started = time.monotonic()
     try:
-        with Stack(scenario.name, log_root / scenario.name, latency_s=mode.latency_s,
-                   hard_timeout_s=mode.hard_timeout_s, **scenario.stack(mode)) as st:
+        with Stack(scenario.name, log_root / log_dir_name(scenario.name, broker),
+                   latency_s=mode.latency_s, hard_timeout_s=mode.hard_timeout_s, broker=broker,
+                   **scenario.stack(mode)) as st:
             try:
                 scenario.drive(st, r, mode)
             except Exception as exc:  # noqa: BLE001 - recorded; the run is still measured

@@ -1,5 +1,6 @@
 """The processes one chaos scenario owns: a private redis-server, a private PostgreSQL cluster
-(or a fresh database on the machine's server), fake providers, the API and Celery workers.
+(or a fresh database on the machine's server), a private RabbitMQ virtual host on the local
+broker when RabbitMQ is the broker, fake providers, the API and Celery workers.
 
 Every process is started here, from the main thread, in its own process group, and stopped by
 its PID whatever happens; on Linux the kernel also kills it if the harness itself dies (even by
@@ -239,6 +240,43 @@ def server_database(admin_url: str, prefix: str = "mp_chaos") -> Iterator[str]:
         drop_database(admin_url, name)
 
 
+# ------------------------------------------------------------------ rabbitmq
+
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672"  # the local broker; rabbitmqctl manages its node
+
+
+def _rabbitmqctl(*args: str, check: bool = True) -> None:
+    r = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed ({r.returncode}): "
+                           f"{(r.stdout + r.stderr).strip()[:500]}")
+
+
+def rabbitmq_unavailable() -> str | None:
+    """Why the local RabbitMQ cannot host a scenario (no rabbitmqctl, node down), or None."""
+    if shutil.which("rabbitmqctl") is None:
+        return "rabbitmqctl not on PATH"
+    try:
+        _rabbitmqctl("list_vhosts")
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        return str(exc)
+    return None
+
+
+@contextmanager
+def rabbitmq_vhost(prefix: str = "chaos") -> Iterator[str]:
+    """A virtual host of this scenario's own on the local RabbitMQ (as the `amqp_url` fixture of
+    tests/conftest.py makes one), its broker URL; deleted afterwards, queues and all."""
+    vhost = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"{RABBITMQ}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost, check=False)
+
+
 # ------------------------------------------------------------------ our processes
 
 
@@ -310,7 +348,7 @@ class Worker:
         return ports
 
     def close(self) -> None:
-        # Cold shutdown: what is left in the queues goes with the scenario's Redis.
+        # Cold shutdown: what is left in the queues goes with the scenario's Redis (or vhost).
         self.proc.stop(signal.SIGQUIT, timeout=10)
 
 

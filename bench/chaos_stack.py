@@ -1,6 +1,10 @@
 """One scenario's whole system: its own Redis, its own database, fake providers, the API and
 two workers, wired by environment exactly as a deployment is; and the client's side of it
-(submitting over HTTP, watching jobs over HTTP, the fakes' counters)."""
+(submitting over HTTP, watching jobs over HTTP, the fakes' counters).
+
+The broker is the scenario's Redis, or (`broker="rabbitmq"`) a virtual host of its own on the
+local RabbitMQ, made before any process starts and deleted after they are all stopped; Redis
+then keeps only the rate-limit buckets and cooldowns."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from bench.chaos_services import (
     Worker,
     create_database,
     kill_tree,
+    rabbitmq_vhost,
     server_database,
 )
 from tests.procs import BIN, clean_env
@@ -33,6 +38,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 FAKE_KEY = "sk-chaos"
 TERMINAL = ("succeeded", "failed", "cancelled")
 PG_ADMIN_URL = os.environ.get("CHAOS_PG_ADMIN_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+BROKERS = ("redis", "rabbitmq")
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,12 @@ class Stack:
     def __init__(self, name: str, log_dir: Path, *, latency_s: float,
                  fakes: tuple[FakeSpec, ...] = (FakeSpec("fake"),), private_pg: bool = False,
                  workers: int = 2, concurrency: int = 20, hard_timeout_s: float = 300,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, broker: str = "redis") -> None:
+        if broker not in BROKERS:
+            raise ValueError(f"broker {broker!r}: choose from {', '.join(BROKERS)}")
         self.name, self.log_dir, self.latency_s = name, log_dir, latency_s
+        self.broker = broker
+        self.broker_url = ""  # the Redis URL, or the AMQP URL of the scenario's vhost
         self.specs, self.private_pg = fakes, private_pg
         self.n_workers, self.concurrency = workers, concurrency
         self.hard_timeout_s, self.extra_env = hard_timeout_s, env or {}
@@ -94,6 +104,12 @@ class Stack:
         self.redis = RedisServer(self.log_dir)
         s.callback(self.redis.close)
         self.redis.start()
+        broker_env: dict[str, str] = {}
+        if self.broker == "rabbitmq":
+            self.broker_url = s.enter_context(rabbitmq_vhost(f"chaos-{self.name}"))
+            broker_env["CELERY_BROKER_URL"] = self.broker_url
+        else:
+            self.broker_url = self.redis.url
         if self.private_pg:
             self.pg = PgCluster()
             s.callback(self.pg.close)
@@ -111,7 +127,7 @@ class Stack:
         env = clean_env(REDIS_URL=self.redis.url, DATABASE_URL=self.db_url, API_KEYS=API_KEY,
                         REDIS_KEY_PREFIX=f"chaos-{uuid.uuid4().hex[:8]}", LOG_LEVEL="INFO",
                         LLM_PROVIDERS=",".join(spec.name for spec in self.specs),
-                        **provider_env, **self.extra_env)
+                        **broker_env, **provider_env, **self.extra_env)
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         self.env = env
         for i in range(self.n_workers):

@@ -126,6 +126,15 @@ def headline(r: dict[str, Any]) -> list[list[str]]:
                 f"PING {_m(lc['ping_per_s'], '{:,.0f}')}/s",
                 f"pairs/PING {_m(lc['pairs_over_ping'])}; ops/PING {_m(lc['ops_over_ping'])}",
                 "ops/PING ≥ 0.7", _ok(_med(lc["ops_over_ping"]), 0.7)])
+    if st := r.get("streams"):
+        h, sub = "healthz", "submit"
+        rows.append([
+            f"8. Event streams: GET /healthz; POST /v1/jobs p95 (ms) with {st['streams']:,} "
+            "streams open on one API process",
+            f"{_m(st[f'{h}_loaded_p95_ms'], '{:.1f}')}; {_m(st[f'{sub}_loaded_p95_ms'], '{:.1f}')}",
+            f"idle {_m(st[f'{h}_idle_p95_ms'], '{:.1f}')}; {_m(st[f'{sub}_idle_p95_ms'], '{:.1f}')}",
+            f"{_m(st[f'{h}_ratio_p95'])}; {_m(st[f'{sub}_ratio_p95'])}", "p95 ≤ 2× idle",
+            "yes" if max(_med(st[f"{k}_ratio_p95"]) or 99 for k in (h, sub)) <= 2.0 else "**no**"])
     return rows
 
 
@@ -191,6 +200,22 @@ def _details(r: dict[str, Any]) -> list[str]:
                 rows = [[way] + [_m(v[mm], "{:.2f}" if "share" in mm else "{:.1f}")
                                  for mm in metrics] for way, v in b["ways"].items()]
                 out += [f"### {title}", "", _table(["way", *metrics], rows), ""]
+    if st := r.get("streams"):
+        rows = [[f"{label} (ms)" if "ratio" not in key else label]
+                + [_m(st[f"{kind}_{key}"], "{:.2f}") for kind in ("healthz", "submit")]
+                for label, key in (("idle p50", "idle_p50_ms"), ("loaded p50", "loaded_p50_ms"),
+                                   ("loaded / idle p50", "ratio_p50"), ("idle p95", "idle_p95_ms"),
+                                   ("loaded p95", "loaded_p95_ms"),
+                                   ("loaded / idle p95", "ratio_p95"))]
+        out += [f"### 8. Event streams ({st['streams']:,} streams on {st['jobs']:,} queued jobs, "
+                f"watcher tick {st['poll_s']:g} s)", "",
+                _table(["figure", "GET /healthz", "POST /v1/jobs"], rows), "",
+                f"{st['repeats']} runs of {st['requests']} requests of each kind per phase. Streams "
+                f"open {_m(st['streams_open'], '{:.0f}')}, refused or failed "
+                f"{_m(st['streams_failed'], '{:.0f}')}, opened in {_m(st['open_s'], '{:.1f}')} s; "
+                f"API CPU with only the streams open {_m(st['api_cpu_pct_quiet_streams'], '{:.1f}')}"
+                f"% of a core (none open: {_m(st['api_cpu_pct_quiet_no_streams'], '{:.1f}')}%); "
+                f"every stream freed {_m(st['freed_s'], '{:.2f}')} s after its client left.", ""]
     return out
 
 
@@ -279,6 +304,15 @@ def findings(r: dict[str, Any]) -> list[str]:
             late = ((_med(vb) or 0) - (_med(va) or 0)) / (nb - na) * 1024
             text += f"; between {na} and {nb} jobs {late:.1f} KB per job"
         out.append(text + ".")
+    if st := r.get("streams"):
+        out.append(
+            f"Event streams hold no thread and no database connection: with {st['streams']:,} "
+            f"open, GET /healthz p95 was {_med(st['healthz_ratio_p95']):.2f}× idle and "
+            f"POST /v1/jobs p95 {_med(st['submit_ratio_p95']):.2f}×, and the process spent "
+            f"{_med(st['api_cpu_pct_quiet_streams']):.1f}% of a core on them: one watcher asks "
+            f"about every watched job in one query each {st['poll_s']:g} s (PostgreSQL compares "
+            "each job's state with the signature last sent and returns only the jobs that "
+            "changed) and wakes only the streams whose job changed.")
     return out
 
 

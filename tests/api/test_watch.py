@@ -204,3 +204,33 @@ def test_a_deleted_job_ends_its_streams_and_a_stale_first_read_is_corrected(engi
             s.close()
 
     asyncio.run(main())
+
+
+def test_the_watcher_outlives_a_database_outage(engine, caplog: pytest.LogCaptureFixture) -> None:
+    (job,) = _jobs(engine, 1)
+
+    def rename(a: str, b: str) -> None:
+        with engine.begin() as c:
+            c.execute(sa.text(f"ALTER TABLE {a} RENAME TO {b}"))
+
+    async def main() -> None:
+        w = _watcher(engine)
+        sub = w.subscribe(job, "alice", _first(engine, job))
+        await _until(lambda: w.ticks >= 1)
+        rename("stage_runs", "stage_runs_away")
+        await asyncio.sleep(10 * POLL_S)
+        ticks = w.ticks
+        await asyncio.sleep(5 * POLL_S)
+        assert w.ticks == ticks and w.running  # failing, and still there
+        rename("stage_runs_away", "stage_runs")
+        with make_sessionmaker(engine).begin() as s:
+            q.claim_stage(s, job_id=job, stage="market", claim_id="c1", lease_s=30)
+        update = await asyncio.wait_for(sub.queue.get(), 2)
+        assert update is not None and update.snapshot["status"] == "running"
+        sub.close()
+
+    with caplog.at_level("INFO", logger="api.watch"):
+        asyncio.run(main())
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot read 1 jobs" in warnings[0].getMessage()
+    assert any("reading jobs again" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,7 @@
 """Chaos scenarios on real processes (bench/chaos.py, quick size): each test starts its own
-redis-server, PostgreSQL database (or private cluster), fake providers, API and two workers,
-drives one fault, and asserts what the system must show. About a minute each."""
+redis-server, PostgreSQL database (or private cluster), fake providers, API and two workers
+(with RabbitMQ as the broker: a vhost of its own on the local RabbitMQ), drives one fault, and
+asserts what the system must show. About a minute each."""
 
 from __future__ import annotations
 
@@ -45,15 +46,27 @@ def chaos_prerequisites() -> None:
         engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq() -> None:
+    """The local RabbitMQ (127.0.0.1:5672, guest) up, and rabbitmqctl to make vhosts on it."""
+    from bench.chaos_services import rabbitmq_unavailable
+
+    why = rabbitmq_unavailable()
+    if why is not None:
+        unavailable("RabbitMQ at 127.0.0.1:5672", why)
+
+
 @pytest.fixture
-def run_quick(chaos_prerequisites: None, tmp_path: Path) -> Callable[[str], Result]:
-    """Run one scenario at the quick size; logs of every process under tmp_path."""
-    from bench.chaos_run import Mode, run
+def run_quick(chaos_prerequisites: None, tmp_path: Path) -> Callable[..., Result]:
+    """Run one scenario at the quick size on a broker (Redis unless told; a test on RabbitMQ
+    asks for the `rabbitmq` fixture too); logs of every process under tmp_path."""
+    from bench.chaos_run import Mode, log_dir_name, run
     from bench.chaos_scenarios import SCENARIOS
 
-    def go(name: str) -> Result:
-        result = run(SCENARIOS[name], Mode(quick=True), tmp_path)
-        result.extra["logs"] = str(tmp_path / name)  # named in every assertion message
+    def go(name: str, broker: str = "redis") -> Result:
+        result = run(SCENARIOS[name], Mode(quick=True), tmp_path, broker)
+        # named in every assertion message
+        result.extra["logs"] = str(tmp_path / log_dir_name(name, broker))
         return result
 
     return go

@@ -1,10 +1,11 @@
 """Each fault scenario at the quick size (4-6 jobs, provider latency L = 1 s), on real
-processes. What is asserted is what a user of the system would notice: every job ends, and
-ends well; nothing is stored or paid twice; the API answers clearly while a service is away."""
+processes, with Redis as the broker; the SIGKILL one on RabbitMQ too. What is asserted is what
+a user of the system would notice: every job ends, and ends well; nothing is stored or paid
+twice; the API answers clearly while a service is away."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import pytest
 
@@ -15,7 +16,12 @@ from bench.chaos_scenarios import CHAOS_CHAIN, REDIS_RECOVERY_S, SUBMIT_ANSWER_S
 pytestmark = pytest.mark.slow
 QUICK = Mode(quick=True)
 L = QUICK.latency_s
-Run = Callable[[str], Result]
+
+
+class Run(Protocol):
+    """The `run_quick` fixture: one scenario at the quick size, on Redis unless told."""
+
+    def __call__(self, name: str, broker: str = "redis") -> Result: ...
 
 
 def every_job_succeeded(r: Result, expected: int) -> None:
@@ -23,10 +29,7 @@ def every_job_succeeded(r: Result, expected: int) -> None:
     assert r.jobs == expected and r.succeeded == expected, r.summary()
 
 
-def test_a_worker_killed_mid_call_loses_no_job(run_quick: Run) -> None:
-    # Given 4 jobs whose persona calls are running, some on worker a
-    # When worker a's whole process tree is SIGKILLed
-    r = run_quick("sigkill")
+def a_killed_worker_lost_no_job(r: Result) -> None:
     assert r.extra.get("in_flight_at_kill", 0) >= 1, r.summary()
     # Then every job succeeds, the last within 60 s + 3L of the kill
     every_job_succeeded(r, QUICK.jobs)
@@ -35,6 +38,20 @@ def test_a_worker_killed_mid_call_loses_no_job(run_quick: Run) -> None:
     # were paid to the provider and never recorded: that is the irreducible double pay)
     assert r.duplicate_outputs == 0 and r.paid_twice == 0, r.summary()
     assert r.holds, r.summary()
+
+
+def test_a_worker_killed_mid_call_loses_no_job(run_quick: Run) -> None:
+    # Given 4 jobs whose persona calls are running, some on worker a
+    # When worker a's whole process tree is SIGKILLed
+    r = run_quick("sigkill")
+    a_killed_worker_lost_no_job(r)
+
+
+def test_sigkill_on_rabbitmq(rabbitmq: None, run_quick: Run) -> None:
+    # The same, with RabbitMQ as the broker (a vhost of the test's own; Redis keeps the limits)
+    r = run_quick("sigkill", "rabbitmq")
+    assert r.broker == "rabbitmq", r.summary()
+    a_killed_worker_lost_no_job(r)
 
 
 def test_a_worker_stopped_with_sigterm_finishes_its_calls_and_repeats_none(run_quick: Run) -> None:
