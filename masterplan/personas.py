@@ -1,4 +1,5 @@
-"""The five specialist personas, the synthesis and the critique: prompts and requests.
+"""The five specialist personas, the synthesis and the critique: prompts and requests
+(the stages themselves are declared in masterplan/stages.py).
 
 Pure functions: ids and texts in, `LLMRequest` out. No I/O.
 """
@@ -14,50 +15,48 @@ from masterplan.llm.base import LLMRequest, Message, json_instructions
 from masterplan.schemas import Critique, Masterplan, PersonaOutput
 
 
-class Stage(StrEnum):
+class PersonaKey(StrEnum):
     MARKET = "market"
     TECHNICAL = "technical"
     FINANCE = "finance"
     RISK = "risk"
     GROWTH = "growth"
-    SYNTHESIS = "synthesis"
-    CRITIQUE = "critique"
 
 
 @dataclass(frozen=True)
 class Persona:
-    key: Stage
+    key: PersonaKey
     title: str
     brief: str
 
 
 PERSONAS: tuple[Persona, ...] = (
     Persona(
-        Stage.MARKET,
+        PersonaKey.MARKET,
         "Market & customers analyst",
         "Size the market, name the customer segments and their pains, the alternatives they use "
         "today and why they would switch. Be concrete about who pays.",
     ),
     Persona(
-        Stage.TECHNICAL,
+        PersonaKey.TECHNICAL,
         "Technical architect",
         "Design the system: components, data model, integrations, build-vs-buy, scaling limits "
         "and the hardest technical problem. Prefer boring technology where it serves.",
     ),
     Persona(
-        Stage.FINANCE,
+        PersonaKey.FINANCE,
         "Finance & unit economics analyst",
         "Work out pricing, customer acquisition cost, gross margin, payback and the cash needed "
         "to reach the next milestone. Show the numbers behind each claim.",
     ),
     Persona(
-        Stage.RISK,
+        PersonaKey.RISK,
         "Risk, legal & security counsel",
         "Identify regulatory, legal, security and privacy exposure, liability, and what must be "
         "true before launch. Rank by likelihood times impact.",
     ),
     Persona(
-        Stage.GROWTH,
+        PersonaKey.GROWTH,
         "Growth & go-to-market lead",
         "Choose the first channel, the launch sequence, the activation and retention loops, and "
         "the metric that proves traction in 90 days.",
@@ -120,7 +119,7 @@ def synthesis_request(
         messages=(Message("user", body),),
         max_tokens=max_tokens,
         schema=Masterplan,
-        tags={"stage": Stage.SYNTHESIS.value},
+        tags={"stage": "synthesis"},
     )
 
 
@@ -136,5 +135,5 @@ def critique_request(idea: str, plan: dict[str, Any], *, max_tokens: int = 800) 
         messages=(Message("user", body),),
         max_tokens=max_tokens,
         schema=Critique,
-        tags={"stage": Stage.CRITIQUE.value},
+        tags={"stage": "critique"},
     )

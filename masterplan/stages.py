@@ -16,7 +16,13 @@ from enum import StrEnum
 from typing import Any
 
 from masterplan.llm.base import LLMRequest
-from masterplan.personas import PERSONA_KEYS, critique_request, persona_request, synthesis_request
+from masterplan.personas import (
+    PERSONA_KEYS,
+    PERSONAS,
+    critique_request,
+    persona_request,
+    synthesis_request,
+)
 from masterplan.settings import Settings
 
 PERSONA_QUEUE = "personas"
@@ -69,12 +75,9 @@ def _critique(job: JobInput, found: Mapping[str, dict[str, Any]], settings: Sett
     return critique_request(job.idea, found["synthesis"], max_tokens=settings.critique_max_tokens)
 
 
-_TITLES = {"market": "Market & customers", "technical": "Technical architecture",
-           "finance": "Finance & unit economics", "risk": "Risk, legal & security",
-           "growth": "Growth & go-to-market"}
-
 STAGES: tuple[StageDef, ...] = (
-    *(StageDef(k, _TITLES[k], Kind.PERSONA, _persona(k), queue=PERSONA_QUEUE) for k in PERSONA_KEYS),
+    *(StageDef(p.key.value, p.title, Kind.PERSONA, _persona(p.key.value), queue=PERSONA_QUEUE)
+      for p in PERSONAS),
     StageDef("synthesis", "Synthesis", Kind.SYNTHESIS, _synthesis, needs=PERSONA_KEYS,
              min_ok=lambda s: s.min_personas),
     StageDef("critique", "Devil's advocate", Kind.CRITIQUE, _critique, needs=("synthesis",)),
