@@ -2,7 +2,9 @@
 
 Time limits are ordered  LLM HTTP timeout < soft limit < hard limit < broker visibility timeout,
 so a slow provider call is cut by its own timeout first, a stuck task by the soft then the hard
-limit, and only a dead worker's task is redelivered (after the visibility timeout).
+limit, and only a dead worker's task is redelivered by the broker (after the visibility
+timeout). Recovery does not wait for that: a dead worker's stage leases run out within
+STAGE_LEASE_S and the recovery sweep hands its stages to another worker (masterplan/recovery.py).
 """
 
 from __future__ import annotations
