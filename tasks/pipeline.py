@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,10 +94,21 @@ def publish(job_id: str, names: Iterable[str], **options: Any) -> None:
         stage.apply_async(kwargs={"job_id": job_id, "stage": name}, queue=p[name].queue, **options)
 
 
+_fail_fast_pool: Any = None
+_pool_lock = threading.Lock()
+
+
 def publish_or_fail_fast(job_id: str, names: Iterable[str]) -> None:
     """`publish`, giving up within about a second when the broker is away (for callers that
-    keep the rows and try again later: the API, the sweep)."""
-    with app.connection_for_write(transport_options=FAIL_FAST_TRANSPORT) as conn:
+    keep the rows and try again later: the API, the sweep). Connections come from a pool of
+    their own, kept open between calls."""
+    global _fail_fast_pool
+    if _fail_fast_pool is None:
+        with _pool_lock:
+            if _fail_fast_pool is None:
+                _fail_fast_pool = app.connection_for_write(
+                    transport_options=FAIL_FAST_TRANSPORT).Pool(limit=app.conf.broker_pool_limit)
+    with _fail_fast_pool.acquire(block=True, timeout=5) as conn:
         publish(job_id, names, connection=conn, retry=False)
 
 
