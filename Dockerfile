@@ -25,4 +25,4 @@ RUN pip install --no-deps --config-settings editable_mode=compat -e . \
 USER masterplan
 EXPOSE 8000 5555
 # The Procfile's `web`; compose and platforms give each role its own command.
-CMD ["sh", "-c", "exec uvicorn api.main:app --host 0.0.0.0 --port ${PORT:-8000}"]
+CMD ["sh", "-c", "exec uvicorn api.main:app --host 0.0.0.0 --port ${PORT:-8000} --timeout-graceful-shutdown 10"]
