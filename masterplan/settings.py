@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     synthesis_max_tokens: int = Field(2000, ge=16)
     critique_max_tokens: int = Field(800, ge=16)
     job_deadline_s: int = Field(900, gt=0)
+    # A retried submission with the same Idempotency-Key returns the first job for this long;
+    # after it, the key names a new submission.
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
     # Recovery: a running stage's lease (renewed by its worker every third of it); a job with
     # nothing done for STALL_AFTER_S is re-driven from its rows, at most MAX_REDRIVES times
     # (waiting twice as long before each next one); each worker sweeps every SWEEP_INTERVAL_S.

@@ -117,6 +117,24 @@ def _check_context(body: JobCreate, rt: Runtime) -> None:
         raise RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message}])
 
 
+def _create(rt: Runtime, owner: str, body: JobBody, key: str | None) -> Job:
+    """Store the job. A key older than IDEMPOTENCY_TTL_S has expired: it is taken from the job
+    that had it (which keeps everything else) and given to this one."""
+    for last_try in (False, True):
+        try:
+            with rt.sessions.begin() as session:
+                return q.create_job(session, owner=owner, idea=body.idea, context=body.context,
+                                    deadline_s=rt.settings.job_deadline_s, idempotency_key=key)
+        except IntegrityError:
+            if key is None or last_try:
+                raise
+            with rt.sessions.begin() as session:
+                if not q.expire_idempotency_key(session, owner=owner, key=key,
+                                                ttl_s=rt.settings.idempotency_ttl_s):
+                    raise
+    raise AssertionError("unreachable")
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses={
     202: {"description": "The job was stored and queued.", "headers": LOCATION},
     200: {"model": JobPublic, "headers": LOCATION,
@@ -132,10 +150,7 @@ def submit(body: JobBody, owner: OwnerDep, rt: RuntimeDep, response: Response,
 
     _check_context(body, rt)
     try:
-        with rt.sessions.begin() as session:
-            job = q.create_job(session, owner=owner, idea=body.idea, context=body.context,
-                               deadline_s=rt.settings.job_deadline_s,
-                               idempotency_key=idempotency_key)
+        job = _create(rt, owner, body, idempotency_key)
     except IntegrityError:
         if idempotency_key is None:
             raise

@@ -48,6 +48,14 @@ def job_by_idempotency_key(session: Session, *, owner: str, key: str) -> Job | N
     ).one_or_none()
 
 
+def expire_idempotency_key(session: Session, *, owner: str, key: str, ttl_s: int) -> bool:
+    """Free the owner's key when the job that holds it is older than `ttl_s`."""
+    j = _JOBS.c
+    return bool(_dml(session, sa.update(_JOBS).where(
+        j.owner == owner, j.idempotency_key == key,
+        j.created_at < utcnow() - timedelta(seconds=ttl_s)).values(idempotency_key=None)))
+
+
 def list_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> Sequence[Job]:
     """The owner's jobs, newest first."""
     stmt = (sa.select(Job).where(Job.owner == owner)

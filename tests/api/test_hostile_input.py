@@ -166,6 +166,30 @@ def test_an_idempotency_key_of_128_printable_characters_is_kept(api: Api) -> Non
     assert first.json()["id"] == again.json()["id"] and api.jobs_stored() == 1
 
 
+def test_an_idempotency_key_expires_after_its_ttl_and_then_names_a_new_submission(api: Api) -> None:
+    import sqlalchemy as sa
+
+    from masterplan.db.models import Job
+
+    key = {"Idempotency-Key": "monday-batch-1"}
+    first = api.client.post("/v1/jobs", json={"idea": "an idea"}, headers=api.auth | key)
+    other_body = api.client.post("/v1/jobs", json={"idea": "another idea"}, headers=api.auth | key)
+    assert (first.status_code, other_body.status_code) == (202, 409)  # within the TTL
+
+    # a day later (IDEMPOTENCY_TTL_S, 24 h by default)
+    with api.runtime.sessions.begin() as s:
+        s.execute(sa.update(Job).where(Job.id == first.json()["id"]).values(
+            created_at=sa.func.now() - sa.text("interval '25 hours'")))
+    later = api.client.post("/v1/jobs", json={"idea": "another idea"}, headers=api.auth | key)
+    replay = api.client.post("/v1/jobs", json={"idea": "another idea"}, headers=api.auth | key)
+
+    assert later.status_code == 202 and later.json()["id"] != first.json()["id"]
+    assert replay.status_code == 200 and replay.json()["id"] == later.json()["id"]
+    old = api.client.get(f"/v1/jobs/{first.json()['id']}", headers=api.auth)
+    assert old.status_code == 200 and old.json()["idea"] == "an idea"  # the old job is kept
+    assert api.jobs_stored() == 2
+
+
 def test_every_refusal_leaves_the_jobs_readable(api: Api) -> None:
     """After a burst of everything above, the caller's list and each stored job still read."""
     for body, *_ in (p.values for p in REFUSED_BODIES):
