@@ -33,13 +33,11 @@ from sqlalchemy.orm import Session
 
 from api.deps import CHALLENGE, RuntimeDep, bearer_token, matching
 from masterplan.db.models import Job, JobStatus, LLMCall, RunStatus, StageRun
+from masterplan.llm.router import DEFERRED, SKIPS
 from masterplan.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# Ledger rows that record a provider passed over without a call, and the task-level wait.
-SKIPPED = ("skipped_cooldown", "skipped_ratelimit", "never_fits")
-DEFERRED = "deferred"
 # Seconds. LLM calls take 0.5-60 s; persona runs and jobs include waits for rate limits.
 BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
@@ -133,7 +131,7 @@ class DatabaseCollector:
         per_provider: dict[str, _Totals] = {}
         for provider, outcome, n, tin, tout, usd, wait_ms in rows:
             totals = per_provider.setdefault(provider, _Totals())
-            if outcome in SKIPPED:
+            if outcome in SKIPS:
                 skipped.add_metric([provider, outcome], n)
             elif outcome == DEFERRED:
                 totals.waits += n

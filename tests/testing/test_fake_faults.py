@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import select
 import subprocess
 import sys
 import threading
@@ -22,6 +20,7 @@ import pytest
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
 from masterplan.testing.fake_provider import FakeProvider
+from tests.testing.test_fake_provider import fake_process
 
 KEY = "sk-test"
 REQ = persona_request("market", "an idea", None)
@@ -209,18 +208,7 @@ def test_stats_count_requests_in_flight_answered_and_undelivered() -> None:
 
 def test_cli_flags_and_the_faults_control_endpoint() -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "masterplan.testing.fake_provider", "--port", "0",
-         "--error-rate", "1", "--truncate-rate", "0", "--seed", "11"],
-        cwd=root, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 10)
-        assert ready, "the fake provider did not start"
-        line = proc.stdout.readline().strip()
-        assert re.fullmatch(r"READY http://127\.0\.0\.1:\d+", line)
-        url = line.split()[1]
+    with fake_process("--error-rate", "1", "--truncate-rate", "0", "--seed", "11") as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-x", max_retries=0)
         with pytest.raises(openai.InternalServerError):
             json_call(client)
@@ -232,9 +220,6 @@ def test_cli_flags_and_the_faults_control_endpoint() -> None:
         with pytest.raises(ValueError):
             json.loads(json_call(client))
         assert httpx.post(url + "/_fake/faults", json={"error_rate": 2}).status_code == 400
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=5) == 0
 
     bad = subprocess.run([sys.executable, "-m", "masterplan.testing.fake_provider",
                           "--error-rate", "1.5"], cwd=root, capture_output=True, text=True,

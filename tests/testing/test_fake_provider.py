@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anthropic
@@ -391,20 +392,27 @@ def test_go_duration() -> None:
     assert go_duration(7.66) == "7.66s"
 
 
-def test_subprocess_mode() -> None:
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "masterplan.testing.fake_provider", "--port", "0", "--tpm", "6000",
-         "--rpm", "30", "--flavor", "groq", "--api-key", "sk-x"],
-        cwd=root, stdout=subprocess.PIPE, text=True,
-    )
+@contextmanager
+def fake_process(*args: str) -> Iterator[str]:
+    """The fake provider as its own process (`python -m ...`): its URL; stopped with SIGTERM,
+    which it must answer by exiting cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "masterplan.testing.fake_provider", "--port",
+                             "0", *args], cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 10)
         assert ready, "the fake provider did not start"
         line = proc.stdout.readline().strip()
         assert re.fullmatch(r"READY http://127\.0\.0\.1:\d+", line)
-        url = line.split()[1]
+        yield line.split()[1]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+
+
+def test_subprocess_mode() -> None:
+    with fake_process("--tpm", "6000", "--rpm", "30", "--flavor", "groq", "--api-key", "sk-x") as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-x", max_retries=0)
         r = small(client)
         stats = httpx.get(url + "/_fake/stats").json()
@@ -422,6 +430,3 @@ def test_subprocess_mode() -> None:
         httpx.post(url + "/_fake/reset")
         small(client)
         assert httpx.get(url + "/_fake/stats").json()["by_status"] == {"200": 1}
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=5) == 0
