@@ -29,7 +29,7 @@ from masterplan.db import queries as q
 from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, RunStatus, utcnow
 from masterplan.db.session import is_db_unavailable
 from masterplan.llm.base import Completion
-from masterplan.llm.router import DEFERRED, SKIPS, Attempt
+from masterplan.llm.router import DEFERRED, SKIPS, Attempt, reasons
 from masterplan.runtime import Runtime
 from masterplan.settings import Settings
 from masterplan.stages import JobInput, Pipeline, pipeline
@@ -201,7 +201,9 @@ def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, d
         out.kind, out.wait_ms, out.error = "wait", exc.wait_ms, exc.reason
         if _past_deadline(job, exc.wait_ms):
             out.kind = "failed"
-            out.error = f"still waiting for providers at the job deadline ({exc.reason})"
+            tried = [a for a in exc.attempts if a.outcome != DEFERRED]
+            why = "; ".join(f"{name}: {r}" for name, r in reasons(tried).items())
+            out.error = f"still waiting for providers at the job deadline ({why or exc.reason})"
     except E.AllProvidersFailed as exc:
         out.error = str(exc)
         if errors_left > 0 and any(a.outcome in TRANSIENT for a in exc.attempts) \

@@ -277,7 +277,7 @@ class Router:
         if waits:
             return E.RetryLater(min(waits), "every provider is cooling down or rate limited",
                                 attempts)
-        return E.AllProvidersFailed(_reasons(attempts), attempts)
+        return E.AllProvidersFailed(reasons(attempts), attempts)
 
     def _route(self, request: LLMRequest, attempts: list[Attempt], calls: _Calls) -> Routed:
         waits: list[int] = []
@@ -387,7 +387,8 @@ class _Unusable(Exception):
         self.completion = completion
 
 
-def _reasons(attempts: list[Attempt]) -> dict[str, str]:
+def reasons(attempts: list[Attempt]) -> dict[str, str]:
+    """Each provider's last trouble in these attempts."""
     reasons: dict[str, str] = {}
     for a in attempts:
         if a.outcome != "ok":
