@@ -70,7 +70,7 @@ NOTES = [
     "sampling. The first batches grow the pool to its -c threads (each with its own Redis "
     "and database connection), a constant set by -c; the last interval is the leak check.",
     "Rate limit: the fake provider is a separate process (python -m "
-    "masterplan.testing.fake_provider, flavour groq, exact Retry-After); 429s and tokens "
+    "testkit.fake_provider, flavour groq, exact Retry-After); 429s and tokens "
     "admitted come from its /_fake/stats. Share of allowance = tokens admitted / (bucket "
     "capacity + TPM × elapsed / 60). The seed's clients are the openai SDK with max_retries=0; "
     "ours is the API plus worker processes with LLM_PROVIDERS=groq pointed at the fake. "

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
+from testkit.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
 
 READY_TIMEOUT_S = 60
 
@@ -51,7 +51,7 @@ _DIE_WITH_PARENT = _pdeathsig()
 
 
 class Child(Proc):
-    """`tests.procs.Proc` (own process group, output to a log file) that also dies with us."""
+    """`testkit.procs.Proc` (own process group, output to a log file) that also dies with us."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
@@ -281,11 +281,11 @@ def rabbitmq_vhost(prefix: str = "chaos") -> Iterator[str]:
 
 
 class FakeProcess:
-    """`python -m masterplan.testing.fake_provider ...` and its control API."""
+    """`python -m testkit.fake_provider ...` and its control API."""
 
     def __init__(self, name: str, log_dir: Path, *args: str) -> None:
         self.name = name
-        self.proc = Child([str(BIN / "python"), "-m", "masterplan.testing.fake_provider",
+        self.proc = Child([str(BIN / "python"), "-m", "testkit.fake_provider",
                           "--port", "0", *args], clean_env(), log_dir / f"fake-{name}.log")
         line = poll(lambda: self._ready_line(), 30, f"fake provider {name} starting")
         self.url = line.split()[1]

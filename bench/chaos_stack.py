@@ -31,7 +31,7 @@ from bench.chaos_services import (
     rabbitmq_vhost,
     server_database,
 )
-from tests.procs import BIN, clean_env
+from testkit.procs import BIN, clean_env
 
 API_KEY = "chaos-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
+from testkit.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
 
 # Benchmarks own Redis databases 8-10 (tests use 3-7); each is flushed before use.
 OURS_DB, RAW_DB, RATELIMIT_DB = 8, 9, 10
@@ -226,9 +226,9 @@ def api_process(env: dict[str, str], name: str = "api") -> Iterator[str]:
 
 @contextmanager
 def fake_provider_process(*args: str, name: str = "fake") -> Iterator[str]:
-    """`python -m masterplan.testing.fake_provider ...`; yields its URL."""
+    """`python -m testkit.fake_provider ...`; yields its URL."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    proc = Proc([str(BIN / "python"), "-m", "masterplan.testing.fake_provider", "--port", "0",
+    proc = Proc([str(BIN / "python"), "-m", "testkit.fake_provider", "--port", "0",
                  *args], clean_env(), LOG_DIR / f"{name}.log")
     try:
         deadline = time.monotonic() + 30

@@ -19,7 +19,7 @@ from celery import Celery, chord, group
 from bench.harness import RAW_DB, redis_url
 from masterplan.personas import PERSONA_KEYS
 from masterplan.settings import load_settings
-from tests.procs import ROOT
+from testkit.procs import ROOT
 
 
 def _load_worker_config() -> Any:

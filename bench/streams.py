@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from bench import harness as H
-from tests.procs import BIN, Proc, clean_env, free_port, wait_http
+from testkit.procs import BIN, Proc, clean_env, free_port, wait_http
 
 # Streams opened at once by the holder: a burst of a thousand connects would measure the listen
 # backlog, not the API.

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from api.validation import IDEA_PATTERN, WHITESPACE
+from testkit.procs import free_port
 from tests.api.app_client import Api, api_client
-from tests.procs import free_port
 
 METRICS_TOKEN = "metrics-token-for-the-test-0123"
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from testkit.procs import ROOT, clean_env
 from tests.conftest import REDIS_URL, _pg_admin_url
-from tests.procs import ROOT, clean_env
 
 
 def _median(fig: dict) -> float:

@@ -24,8 +24,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from testkit.procs import BIN, Proc, clean_env, free_port, wait_http
 from tests.conftest import RUN_PREFIX, _redis_url, fresh_pg_database
-from tests.procs import BIN, Proc, clean_env, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 

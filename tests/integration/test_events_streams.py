@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.procs import BIN, Proc, clean_env, free_port, wait_http
 from tests.conftest import RUN_PREFIX, _redis_url, fresh_pg_database
-from tests.procs import BIN, Proc, clean_env, free_port, wait_http
 
 KEY_A, KEY_B = "events-key-a-0123456789", "events-key-b-0123456789"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from masterplan.testing.fake_provider import FakeProvider
+from testkit.fake_provider import FakeProvider
 from tests.integration.conftest import AUTH_A, Stack, fake_env
 
 PERSONAS = ("market", "technical", "finance", "risk", "growth")

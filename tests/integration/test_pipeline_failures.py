@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from masterplan.stages import PIPELINE, Kind
-from masterplan.testing.fake_provider import FakePrompt, FakeProvider, default_responder
+from testkit.fake_provider import FakePrompt, FakeProvider, default_responder
 from tests.integration.conftest import Stack, fake_env
 
 TITLES = {"market": "Market & customers", "technical": "Technical architect",

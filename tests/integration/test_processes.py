@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http, wait_job
 from tests.conftest import _redis_url, fresh_pg_database
-from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http, wait_job
 
 PROC_REDIS = _redis_url(4)  # separate from the in-process worker's database
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx
 
-from masterplan.testing.fake_provider import FakeProvider
+from testkit.fake_provider import FakeProvider
+from testkit.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
 from tests.conftest import _redis_url, fresh_pg_database
 from tests.integration.conftest import Stack
-from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
 
 # ~4,400 characters of founder context: with PERSONA_MAX_TOKENS=400 every persona reserves
 # ~1,900 tokens and really uses ~1,800, as in the seed's burst (5 x 1,900 against 6,000 TPM).

@@ -22,7 +22,7 @@ from masterplan.llm.base import Completion, LLMRequest, Message, StreamEnd
 from masterplan.llm.openai_compat import OpenAICompatProvider
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
-from masterplan.testing.fake_provider import FakeProvider
+from testkit.fake_provider import FakeProvider
 
 IDEA = "A marketplace for refurbished laboratory equipment"
 KEY = "sk-test"

@@ -13,7 +13,7 @@ from masterplan.llm.registry import build_router
 from masterplan.llm.router import Router
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
-from masterplan.testing.fake_provider import FakeProvider
+from testkit.fake_provider import FakeProvider
 from tests.conftest import make_settings
 
 REQ = persona_request("market", "a marketplace for used lab equipment", None)

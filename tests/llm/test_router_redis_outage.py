@@ -29,7 +29,7 @@ from masterplan.llm.router import LIMITER_DOWN_WAIT_MS, Attempt, Router
 from masterplan.personas import persona_request
 from masterplan.ratelimit import reservation_tokens
 from masterplan.ratelimit.limiter import redis_unavailable
-from masterplan.testing.fake_provider import FakePrompt, FakeProvider, Responder, default_responder
+from testkit.fake_provider import FakePrompt, FakeProvider, Responder, default_responder
 from tests.conftest import make_settings, unavailable
 
 REQ = persona_request("market", "a marketplace for used lab equipment", None)

@@ -1,6 +1,6 @@
 """The deployment's process models, run for real: Procfile lines, Flower, several workers.
 
-Helpers shared by the ops tests. Processes are started with tests/procs.py; a Procfile line runs
+Helpers shared by the ops tests. Processes are started with testkit/procs.py; a Procfile line runs
 under `sh -c` exactly as honcho or a platform runs it (with `exec`, so that a signal reaches the
 process itself rather than the shell in front of it).
 """
@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 
 from masterplan.stages import PIPELINE, Kind
+from testkit.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
 from tests.conftest import _redis_url
-from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
 
 PROCFILE = ROOT / "Procfile"
 STAGE_TASK = "masterplan.stage"

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from testkit.procs import ROOT
 from tests.conftest import unavailable
 from tests.ops import procfile
-from tests.procs import ROOT
 
 APP_SERVICES = {"migrate": "release", "api": "web", "worker": "worker", "flower": "flower"}
 SECRETS = {"API_KEYS": "test-api-key-1", "FLOWER_BASIC_AUTH": "ops:test-flower-pass",

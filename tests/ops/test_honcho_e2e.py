@@ -15,9 +15,9 @@ from urllib.parse import quote_plus
 import httpx
 
 from masterplan.stages import PIPELINE
+from testkit.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http, wait_job
 from tests.conftest import fresh_pg_database
 from tests.ops import Flower, flush_redis, hostname, ops_env, stage_of, tasks_of
-from tests.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http, wait_job
 
 REDIS_DB = 5
 KEY = "honcho-key-0123456789"

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from masterplan.db import queries as q
 from masterplan.db.models import JobStatus, RunStatus, utcnow
 from masterplan.llm.router import Attempt
+from testkit.procs import free_port
 from tests.conftest import _redis_url, make_settings
 from tests.ops import flush_redis
-from tests.procs import free_port
 
 REDIS_DB = 5
 KEY = "metrics-key-0123456789"

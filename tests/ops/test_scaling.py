@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from testkit.procs import Proc
 from tests.conftest import fresh_pg_database
 from tests.ops import (
     PERSONA_STAGES,
@@ -32,7 +33,6 @@ from tests.ops import (
     tasks_of,
     wait_jobs,
 )
-from tests.procs import Proc
 
 KEY = "scale-key-0123456789"
 TASKS_PER_JOB = STAGES_PER_JOB  # one task per stage

@@ -19,8 +19,8 @@ import pytest
 
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
-from masterplan.testing.fake_limits import go_duration
-from masterplan.testing.fake_provider import FakePrompt, FakeProvider
+from testkit.fake_limits import go_duration
+from testkit.fake_provider import FakePrompt, FakeProvider
 
 KEY = "sk-test"
 REQ = persona_request("market", "an idea", None)
@@ -396,7 +396,7 @@ def test_go_duration() -> None:
 def fake_process(*args: str) -> Iterator[str]:
     """The fake provider as its own process (`python -m ...`): its URL; stopped with SIGTERM,
     which it must answer by exiting cleanly."""
-    proc = subprocess.Popen([sys.executable, "-m", "masterplan.testing.fake_provider", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "testkit.fake_provider", "--port",
                              "0", *args], cwd=Path(__file__).resolve().parents[2],
                             stdout=subprocess.PIPE, text=True)
     try:

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from masterplan.testing.fake_limits import error_body
+from testkit.fake_limits import error_body
 
 if TYPE_CHECKING:
-    from masterplan.testing.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
 
 class Hangup(Exception):

@@ -19,8 +19,8 @@ import pytest
 
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
-from masterplan.testing.fake_provider import FakeProvider
-from tests.testing.test_fake_provider import fake_process
+from testkit.fake_provider import FakeProvider
+from tests.testkit.test_fake_provider import fake_process
 
 KEY = "sk-test"
 REQ = persona_request("market", "an idea", None)
@@ -221,7 +221,7 @@ def test_cli_flags_and_the_faults_control_endpoint() -> None:
             json.loads(json_call(client))
         assert httpx.post(url + "/_fake/faults", json={"error_rate": 2}).status_code == 400
 
-    bad = subprocess.run([sys.executable, "-m", "masterplan.testing.fake_provider",
+    bad = subprocess.run([sys.executable, "-m", "testkit.fake_provider",
                           "--error-rate", "1.5"], cwd=root, capture_output=True, text=True,
                          timeout=30)
     assert bad.returncode == 2 and "error_rate must be between 0 and 1" in bad.stderr

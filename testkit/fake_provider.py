@@ -14,7 +14,7 @@ a 200 whose content is cut in the middle, its tokens still charged).
 
 As a separate process (prints `READY <url>`, serves until SIGTERM):
 
-    python -m masterplan.testing.fake_provider --port 0 --tpm 6000 --rpm 30 --flavor groq \
+    python -m testkit.fake_provider --port 0 --tpm 6000 --rpm 30 --flavor groq \
         --error-rate 0.3 --truncate-rate 0.2 --seed 7
 
 and is driven over HTTP: `GET /_fake/stats`, `POST /_fake/reset`, `POST /_fake/fail_next`,
@@ -38,8 +38,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from masterplan.testing.fake_http import FakeHandler, FakeServer, Hangup, Traffic, handler_for
-from masterplan.testing.fake_limits import (
+from testkit.fake_http import FakeHandler, FakeServer, Hangup, Traffic, handler_for
+from testkit.fake_limits import (
     Bucket,
     BucketState,
     Draw,
@@ -51,7 +51,7 @@ from masterplan.testing.fake_limits import (
     style_for,
     too_large_message,
 )
-from masterplan.testing.fake_wire import (
+from testkit.fake_wire import (
     FLAVORS,
     Api,
     BadRequest,
@@ -510,7 +510,7 @@ class FakeProvider:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m masterplan.testing.fake_provider",
+        prog="python -m testkit.fake_provider",
         description="A fake OpenAI/Anthropic-compatible LLM server for tests and benchmarks.",
     )
     p.add_argument("--host", default="127.0.0.1")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from masterplan.testing.fake_wire import Api, new_id
+from testkit.fake_wire import Api, new_id
 
 # ---------------------------------------------------------------- errors
 
