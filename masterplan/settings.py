@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     stream_poll_s: float = Field(0.25, gt=0)
     stream_heartbeat_s: float = Field(15.0, gt=0)
 
+    # Fair share across API keys. A key may submit KEY_SUBMISSIONS_PER_MIN jobs a minute (beyond
+    # it: 429 with Retry-After; 0 turns the limit off) and have KEY_MAX_JOBS_IN_FLIGHT running;
+    # its further jobs wait `queued` in the database and are released as slots free, to the key
+    # with the fewest jobs running first. MAX_JOBS_IN_FLIGHT caps the whole system (unset: no
+    # cap). FAIR_HEADROOM is the share of each provider's bucket that a key's jobs beyond its
+    # first may not take, so that another key's first job finds capacity at once.
+    key_submissions_per_min: int = Field(60, ge=0)
+    key_max_jobs_in_flight: int = Field(8, ge=1)
+    max_jobs_in_flight: int | None = Field(None, ge=1)
+    fair_headroom: float = Field(0.2, ge=0, lt=1)
+
     flower_basic_auth: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
