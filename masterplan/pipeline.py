@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from masterplan import admission
 from masterplan import errors as E
 from masterplan.db import queries as q
 from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, RunStatus, utcnow
@@ -48,9 +49,17 @@ class StepResult:
     stage: str
     status: str
     ready: tuple[str, ...] = ()
+    released: tuple[str, ...] = ()  # waiting jobs this one's end let in (masterplan/admission.py)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "status": self.status, "ready": list(self.ready)}
+        out: dict[str, Any] = {"stage": self.stage, "status": self.status, "ready": list(self.ready)}
+        return out | ({"released": list(self.released)} if self.released else {})
+
+    def with_released(self, rt: Runtime, d: Decision) -> StepResult:
+        """When the job just ended, its slot goes to a waiting job (after the commit)."""
+        if not (d.done or d.fail):
+            return self
+        return replace(self, released=tuple(admission.release_quietly(rt)))
 
 
 class Deferred(E.RetryLater):
@@ -270,7 +279,8 @@ def _finish(rt: Runtime, p: Pipeline, job_id: str, stage: str, out: Outcome) -> 
         d = decide(p, rt.settings, states)
         _conclude(s, job_id, d)
         # Only the stages this one was needed for became ready just now.
-        return StepResult(stage, status.value, tuple(n for n in d.ready if stage in p[n].needs))
+        result = StepResult(stage, status.value, tuple(n for n in d.ready if stage in p[n].needs))
+    return result.with_released(rt, d)
 
 
 def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2,
@@ -320,8 +330,9 @@ def record_crash(rt: Runtime, job_id: str, stage: str, exc: BaseException) -> St
         states[stage] = (RunStatus.FAILED.value, error)
         d = decide(p, rt.settings, states)
         _conclude(s, job_id, d)
-        return StepResult(stage, RunStatus.FAILED.value,
-                          tuple(n for n in d.ready if stage in p[n].needs))
+        result = StepResult(stage, RunStatus.FAILED.value,
+                            tuple(n for n in d.ready if stage in p[n].needs))
+    return result.with_released(rt, d)
 
 
 def cancel(rt: Runtime, job_id: str, *, owner: str) -> tuple[bool, bool]:

@@ -5,7 +5,8 @@ it every SWEEP_INTERVAL_S; see workers/). Each pass:
 
 1. hands back the stages whose lease ran out (their worker died), writing the call they had in
    flight to the ledger as `lost`, and publishes them again;
-2. ends the open jobs past their deadline (`failed`, partial results kept);
+2. ends the open jobs past their deadline (`failed`, partial results kept), and admits the
+   waiting jobs that free slots allow (masterplan/admission.py);
 3. re-drives the jobs that stopped moving — nothing claimed, finished or due for STALL_AFTER_S
    and no live lease (a message lost with a flushed Redis, a publish that never happened): the
    ready stages are published again. One process wins each re-drive (an UPDATE guards it), a
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from masterplan import admission
 from masterplan.db import queries as q
 from masterplan.pipeline import advance, fail_job
 from masterplan.runtime import Runtime
@@ -43,6 +45,7 @@ class SweepReport:
     overdue: list[str] = field(default_factory=list)
     redriven: list[str] = field(default_factory=list)
     given_up: list[str] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.reaped or self.overdue or self.redriven or self.given_up)
@@ -71,6 +74,12 @@ def sweep(rt: Runtime, publish: Publish) -> SweepReport:
         with rt.sessions.begin() as s:
             if fail_job(s, job_id, "job deadline passed"):
                 report.overdue.append(job_id)
+
+    # Slots a job's end could not hand out (its worker died first) go to waiting jobs now.
+    for job_id in admission.release(rt):
+        with rt.sessions.begin() as s:
+            _publish_ready(rt, s, job_id, publish)
+        report.admitted.append(job_id)
 
     with rt.sessions() as s:
         stalled = q.stalled_jobs(s, stall_s=st.stall_after_s)

@@ -79,11 +79,12 @@ def stage(self: Task, *, job_id: str, stage: str, errors: int = 0, waiting: bool
             raise _db_retry(self, kw, pending, db_retries, exc) from exc
         log.exception("stage %s of job %s crashed", stage, job_id)
         result = pipeline.record_crash(rt, job_id, stage, exc)
-    try:
-        publish(job_id, result.ready)
-    except Exception as exc:  # noqa: BLE001 - stored; the sweep publishes what this could not
-        log.warning("job %s: could not publish %s (%s); the recovery sweep will", job_id,
-                    ", ".join(result.ready), exc)
+    for jid, names in ((job_id, result.ready), *((j, first_stages()) for j in result.released)):
+        try:
+            publish(jid, names)
+        except Exception as exc:  # noqa: BLE001 - stored; the sweep publishes what this could not
+            log.warning("job %s: could not publish %s (%s); the recovery sweep will", jid,
+                        ", ".join(names), exc)
     return result.as_dict()
 
 
@@ -112,7 +113,12 @@ def publish_or_fail_fast(job_id: str, names: Iterable[str]) -> None:
         publish(job_id, names, connection=conn, retry=False)
 
 
+def first_stages() -> list[str]:
+    """The stages that need nothing: what a job's admission publishes."""
+    return [s.name for s in stages().stages if not s.needs]
+
+
 def enqueue(job_id: str) -> None:
-    """Publish a new job's first stages (those that need nothing). The job row is the outbox:
-    if the broker is away, the sweep publishes them later."""
-    publish_or_fail_fast(job_id, [s.name for s in stages().stages if not s.needs])
+    """Publish an admitted job's first stages. The job row is the outbox: if the broker is
+    away, the sweep publishes them later."""
+    publish_or_fail_fast(job_id, first_stages())

@@ -57,8 +57,13 @@ def unavailable(what: str, why: object) -> None:
 def make_settings(env: dict[str, str] | None = None, **overrides: Any) -> Any:
     from masterplan.settings import load_settings
 
-    return load_settings({"REDIS_KEY_PREFIX": RUN_PREFIX, **(env or {})}, env_file=None,
-                         **overrides)
+    # The in-process tests share one database and a few keys across the whole run: the per-key
+    # limits are off unless a test sets them (tests/integration/test_fair_share.py does).
+    return load_settings({"REDIS_KEY_PREFIX": RUN_PREFIX, **UNLIMITED_KEYS, **(env or {})},
+                         env_file=None, **overrides)
+
+
+UNLIMITED_KEYS = {"KEY_SUBMISSIONS_PER_MIN": "0", "KEY_MAX_JOBS_IN_FLIGHT": "100000"}
 
 
 @pytest.fixture(scope="session")

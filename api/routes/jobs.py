@@ -31,6 +31,7 @@ from api.validation import (
     ContextLimits,
     context_problem,
 )
+from masterplan import admission
 from masterplan import pipeline as pipeline_steps
 from masterplan.db import queries as q
 from masterplan.db.models import Job, StageRun, utcnow
@@ -117,14 +118,30 @@ def _check_context(body: JobCreate, rt: Runtime) -> None:
         raise RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message}])
 
 
+class _Replay(Exception):
+    """The submission is a retry of one already stored (its Idempotency-Key is taken)."""
+
+
 def _create(rt: Runtime, owner: str, body: JobBody, key: str | None) -> Job:
-    """Store the job. A key older than IDEMPOTENCY_TTL_S has expired: it is taken from the job
-    that had it (which keeps everything else) and given to this one."""
+    """Store the job, in flight at once or waiting for a slot (masterplan/admission.py). A key
+    older than IDEMPOTENCY_TTL_S has expired: it is taken from the job that had it (which keeps
+    everything else) and given to this one."""
     for last_try in (False, True):
         try:
             with rt.sessions.begin() as session:
+                wait = admission.retry_after_s(session, rt.settings, owner)
+                if wait is not None:
+                    if key is not None and q.job_by_idempotency_key(session, owner=owner, key=key):
+                        raise _Replay  # a retry is answered, never limited
+                    raise HTTPException(
+                        status.HTTP_429_TOO_MANY_REQUESTS,
+                        f"this API key submitted {rt.settings.key_submissions_per_min} jobs in the "
+                        f"last minute (KEY_SUBMISSIONS_PER_MIN); retry in {wait} s",
+                        headers={"Retry-After": str(wait)})
+                slot = admission.slot_for_new_job(session, rt.settings, owner)
                 return q.create_job(session, owner=owner, idea=body.idea, context=body.context,
-                                    deadline_s=rt.settings.job_deadline_s, idempotency_key=key)
+                                    deadline_s=rt.settings.job_deadline_s, idempotency_key=key,
+                                    admitted=slot.admitted, lane=slot.lane)
         except IntegrityError:
             if key is None or last_try:
                 raise
@@ -141,17 +158,22 @@ def _create(rt: Runtime, owner: str, body: JobBody, key: str | None) -> Job:
           "description": "A retry with the same Idempotency-Key and body: the first job."},
     409: {"description": "The Idempotency-Key was used with another body, or its first "
           "request is still being stored."},
+    429: {"description": "This API key submitted KEY_SUBMISSIONS_PER_MIN jobs in the last minute; "
+          "`Retry-After` says when the next one is accepted. A retry of a stored submission (same "
+          "Idempotency-Key) is answered, never limited."},
 })
 def submit(body: JobBody, owner: OwnerDep, rt: RuntimeDep, response: Response,
            idempotency_key: IdempotencyKey = None) -> JobPublic:
     """Store the job, then enqueue it. With an Idempotency-Key, a retry returns the first job
-    (200) instead of creating another."""
+    (200) instead of creating another. A key with KEY_MAX_JOBS_IN_FLIGHT jobs running (or the
+    system at MAX_JOBS_IN_FLIGHT) has its job stored `queued` and started when a slot frees,
+    each slot going to the key with the fewest jobs running."""
     from tasks.pipeline import enqueue
 
     _check_context(body, rt)
     try:
         job = _create(rt, owner, body, idempotency_key)
-    except IntegrityError:
+    except (IntegrityError, _Replay):
         if idempotency_key is None:
             raise
         with rt.sessions() as session:
@@ -166,13 +188,16 @@ def submit(body: JobBody, owner: OwnerDep, rt: RuntimeDep, response: Response,
             response.status_code = status.HTTP_200_OK
             response.headers["Location"] = f"/v1/jobs/{first.id}"
             return job_public(session, first, _primary(rt))
-    try:
-        enqueue(job.id)
-    except Exception as exc:  # noqa: BLE001 - the broker is away: the job row is the outbox
-        log.warning("job %s stored, not yet published (broker unreachable: %s: %s); the recovery "
-                    "sweep publishes it", job.id, type(exc).__name__, exc)
-        with rt.sessions.begin() as session:
-            q.update_job(session, job_id=job.id, check_at=utcnow())
+    # Waiting for a slot: nothing is published until its admission, in fair order (which may
+    # be at once, and may let in other keys' waiting jobs too).
+    for admitted in [job.id] if job.admitted_at is not None else admission.release(rt):
+        try:
+            enqueue(admitted)
+        except Exception as exc:  # noqa: BLE001 - the broker is away: the job row is the outbox
+            log.warning("job %s stored, not yet published (broker unreachable: %s: %s); the "
+                        "recovery sweep publishes it", admitted, type(exc).__name__, exc)
+            with rt.sessions.begin() as session:
+                q.update_job(session, job_id=admitted, check_at=utcnow())
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     with rt.sessions() as session:
         return job_public(session, q.get_job(session, job_id=job.id), _primary(rt))  # type: ignore[arg-type]
@@ -184,9 +209,17 @@ def submit(body: JobBody, owner: OwnerDep, rt: RuntimeDep, response: Response,
 def cancel(job_id: UUID, owner: OwnerDep, rt: RuntimeDep) -> JobPublic:
     """Cancel a queued or running job: no new LLM call starts for it; calls already running
     finish and are recorded; what finished is kept."""
+    from tasks.pipeline import enqueue
+
     found, cancelled = pipeline_steps.cancel(rt, str(job_id), owner=owner)
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} for this API key")
+    for admitted in admission.release_quietly(rt) if cancelled else []:
+        try:
+            enqueue(admitted)
+        except Exception as exc:  # noqa: BLE001 - the sweep re-drives an admitted job
+            log.warning("job %s admitted, not yet published (%s); the recovery sweep will",
+                        admitted, exc)
     with rt.sessions() as session:
         job = q.get_job(session, job_id=str(job_id))
         assert job is not None

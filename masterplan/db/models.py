@@ -59,6 +59,11 @@ class Job(Base):
     # `redrives` counts re-drives since its last finished stage.
     check_at: Mapped[datetime | None] = mapped_column(index=True)
     redrives: Mapped[int] = mapped_column(default=0)
+    # Fair share (masterplan/admission.py): a job is in flight from `admitted_at` until it ends;
+    # until then it waits `queued` and nothing of it is published. `lane` is "first" for a job
+    # admitted while its key had no other job in flight, "more" otherwise.
+    admitted_at: Mapped[datetime | None] = mapped_column(index=True)
+    lane: Mapped[str] = mapped_column(sa.String(8), default="first")
     # A client's retry of the same submission (Idempotency-Key header) finds this job.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(128))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -19,12 +19,13 @@ from masterplan.stages import pipeline
 
 def create_job(
     session: Session, *, owner: str, idea: str, context: dict[str, Any] | None, deadline_s: int,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None = None, admitted: bool = True, lane: str = "first",
 ) -> Job:
+    """A new job with its pending stages; `admitted=False` makes it wait for a slot."""
     now = utcnow()
     job = Job(
         id=str(uuid.uuid4()), owner=owner, idea=idea, context=context,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key, admitted_at=now if admitted else None, lane=lane,
         status=JobStatus.QUEUED.value, created_at=now, deadline_at=now + timedelta(seconds=deadline_s),
     )
     session.add(job)
@@ -212,6 +213,71 @@ def needed_stages(session: Session, *, job_id: str, stages: Sequence[str]
     return {stage: (status, output) for stage, status, output in rows}
 
 
+# -- admission (masterplan/admission.py) --------------------------------------------------
+def lock_admission(session: Session) -> None:
+    """Serialise admission decisions until the transaction ends (PostgreSQL; SQLite serialises
+    its writers anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(ADMISSION_LOCK)))
+
+
+ADMISSION_LOCK = 0x6D70_6164  # "mpad"
+_IN_FLIGHT = sa.and_(_JOBS.c.status.in_(OPEN), _JOBS.c.admitted_at.is_not(None))
+_WAITING = sa.and_(_JOBS.c.status == JobStatus.QUEUED.value, _JOBS.c.admitted_at.is_(None))
+
+
+def in_flight(session: Session, *, owner: str) -> tuple[int, int, bool]:
+    """(the owner's jobs in flight, all jobs in flight, whether any job waits for a slot)."""
+    j = _JOBS.c
+    mine, total, waiting = session.execute(sa.select(
+        sa.func.count().filter(_IN_FLIGHT, j.owner == owner), sa.func.count().filter(_IN_FLIGHT),
+        sa.func.count().filter(_WAITING)).where(j.status.in_(OPEN))).one()
+    return int(mine), int(total), bool(waiting)
+
+
+def any_waiting(session: Session) -> bool:
+    return session.scalar(sa.select(sa.exists().where(_WAITING))) or False
+
+
+def open_by_owner(session: Session) -> dict[str, int]:
+    """Jobs in flight per owner, for every owner with an open job."""
+    j = _JOBS.c
+    rows = session.execute(sa.select(j.owner, sa.func.count().filter(_IN_FLIGHT))
+                           .where(j.status.in_(OPEN)).group_by(j.owner)).all()
+    return {owner: int(n) for owner, n in rows}
+
+
+def waiting_jobs(session: Session, *, per_owner: int) -> list[tuple[str, str]]:
+    """(job_id, owner) of the jobs waiting for a slot, oldest first, at most `per_owner` of each."""
+    j = _JOBS.c
+    rank = sa.func.row_number().over(partition_by=j.owner, order_by=(j.created_at, j.id))
+    sub = sa.select(j.id, j.owner, j.created_at, rank.label("rank")).where(_WAITING).subquery()
+    rows = session.execute(sa.select(sub.c.id, sub.c.owner).where(sub.c.rank <= per_owner)
+                           .order_by(sub.c.created_at, sub.c.id)).all()
+    return [(job_id, owner) for job_id, owner in rows]
+
+
+def admit_jobs(session: Session, *, job_ids: Sequence[str], lane: str, deadline_s: int) -> list[str]:
+    """Put waiting jobs in flight; their deadline counts from now. Returns the ones admitted."""
+    if not job_ids:
+        return []
+    now = utcnow()
+    j = _JOBS.c
+    done = session.execute(sa.update(_JOBS).where(j.id.in_(job_ids), _WAITING).values(
+        admitted_at=now, lane=lane, deadline_at=now + timedelta(seconds=deadline_s))
+        .returning(j.id)).scalars().all()
+    return list(done)
+
+
+def nth_recent_submission(session: Session, *, owner: str, n: int,
+                          window_s: float) -> datetime | None:
+    """When the owner's n-th newest job within the last `window_s` was created, if there is one."""
+    j = _JOBS.c
+    return session.scalar(sa.select(j.created_at).where(
+        j.owner == owner, j.created_at > utcnow() - timedelta(seconds=window_s))
+        .order_by(j.created_at.desc()).offset(n - 1).limit(1))
+
+
 # -- recovery ------------------------------------------------------------------------------
 def reap_expired_leases(session: Session, *, max_attempts: int) -> list[tuple[str, str]]:
     """Stages whose holder stopped renewing its lease (a dead worker): handed back as pending,
@@ -241,20 +307,20 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> list[tuple[st
 
 
 def stalled_jobs(session: Session, *, stall_s: float, limit: int = 500) -> list[tuple[str, int]]:
-    """Open jobs with no live lease that are due a look (`check_at`) and either had nothing done
-    for `stall_s`, or are still queued after the API could not publish them (it sets `check_at`)
-    or after a re-drive: (job_id, re-drives so far)."""
+    """Jobs in flight with no live lease that are due a look (`check_at`) and either had nothing
+    done for `stall_s` (since their admission), or are still queued after the API could not publish
+    them (it sets `check_at`) or after a re-drive: (job_id, re-drives so far)."""
     now = utcnow()
     stale = now - timedelta(seconds=stall_s)
     r, j = _RUNS.c, _JOBS.c
     live = sa.exists().where(r.job_id == j.id, r.status == RunStatus.RUNNING.value, r.lease_until >= now)
     recent = sa.exists().where(r.job_id == j.id, sa.or_(r.finished_at >= stale, r.claimed_at >= stale,
                                                         r.not_before >= stale))
-    stalled = sa.and_(j.created_at < stale, ~recent)
+    stalled = sa.and_(j.admitted_at < stale, ~recent)
     unpublished = sa.and_(j.status == JobStatus.QUEUED.value, j.check_at.is_not(None))
     rows = session.execute(
         sa.select(j.id, j.redrives).where(
-            j.status.in_(OPEN), sa.or_(j.check_at.is_(None), j.check_at < now), ~live,
+            _IN_FLIGHT, sa.or_(j.check_at.is_(None), j.check_at < now), ~live,
             sa.or_(stalled, unpublished))
         .order_by(j.created_at).limit(limit)).all()
     return [(job_id, int(n)) for job_id, n in rows]
@@ -270,9 +336,9 @@ def mark_redrive(session: Session, *, job_id: str, next_check_s: float) -> bool:
 
 
 def overdue_jobs(session: Session, *, limit: int = 500) -> list[str]:
-    """Open jobs past their deadline."""
+    """Jobs in flight past their deadline (a waiting job's deadline starts at its admission)."""
     j = _JOBS.c
-    return list(session.scalars(sa.select(j.id).where(j.status.in_(OPEN), j.deadline_at < utcnow())
+    return list(session.scalars(sa.select(j.id).where(_IN_FLIGHT, j.deadline_at < utcnow())
                                 .limit(limit)))
 
 

@@ -105,7 +105,8 @@ def test_post_v1_jobs_documents_each_answer_the_rules_and_examples(api: Api) -> 
     doc = api.client.get("/openapi.json").json()
     post = doc["paths"]["/v1/jobs"]["post"]
 
-    assert set(post["responses"]) == {"200", "202", "401", "409", "413", "422", "503"}
+    assert set(post["responses"]) == {"200", "202", "401", "409", "413", "422", "429", "503"}
+    assert "Retry-After" in post["responses"]["429"]["headers"]
     for code in ("200", "202"):
         assert post["responses"][code]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobPublic"}
