@@ -260,8 +260,9 @@ def _count_429(stats: dict[str, Any]) -> int:
 
 @contextmanager
 def ours_stack(fake_url: str, limits: Limits, *, workers: int, concurrency: int,
-               pool: str) -> Iterator[tuple[str, Any, Any]]:
-    """API + `workers` worker processes, LLM_PROVIDERS=groq pointed at the fake.
+               pool: str, extra: dict[str, str] | None = None) -> Iterator[tuple[str, Any, Any]]:
+    """API + `workers` worker processes, LLM_PROVIDERS=groq pointed at the fake; `extra` adds
+    to (or overrides) their environment.
 
     Yields (API base URL, runtime for reading the database, the Celery app for pings)."""
     from masterplan.runtime import build_runtime
@@ -273,7 +274,7 @@ def ours_stack(fake_url: str, limits: Limits, *, workers: int, concurrency: int,
                "GROQ_BASE_URL": f"{fake_url}/v1", "GROQ_API_KEY": FAKE_KEY,
                "PERSONA_MAX_TOKENS": str(PERSONA_MAX_TOKENS),
                "SYNTHESIS_MAX_TOKENS": str(SYNTHESIS_MAX_TOKENS),
-               "CRITIQUE_MAX_TOKENS": str(CRITIQUE_MAX_TOKENS), **limits.env()}
+               "CRITIQUE_MAX_TOKENS": str(CRITIQUE_MAX_TOKENS), **limits.env(), **(extra or {})}
         settings = H.settings_for(env)
         rt = build_runtime(H.settings_for({**env, "LOG_LEVEL": "WARNING"}))
         probe = _probe_app(settings)

@@ -135,6 +135,14 @@ def headline(r: dict[str, Any]) -> list[list[str]]:
             f"idle {_m(st[f'{h}_idle_p95_ms'], '{:.1f}')}; {_m(st[f'{sub}_idle_p95_ms'], '{:.1f}')}",
             f"{_m(st[f'{h}_ratio_p95'])}; {_m(st[f'{sub}_ratio_p95'])}", "p95 ≤ 2× idle",
             "yes" if max(_med(st[f"{k}_ratio_p95"]) or 99 for k in (h, sub)) <= 2.0 else "**no**"])
+    if fs := r.get("fairness"):
+        worst = max(fs["fair_ratio"], default=float("nan"))
+        rows.append([
+            f"9. Fair share: key B's one job (s) while key A's {fs['flood']} jobs wait on a "
+            f"{fs['tpm']:,} TPM provider",
+            _m(fs["fair_s"], "{:.2f}"), f"idle {_m(fs['idle_s'], '{:.2f}')}; first come first "
+            f"served {_m(fs['unfair_s'], '{:.1f}')}", f"worst {worst:.2f}× idle", "≤ 2× idle",
+            "yes" if worst <= 2.0 else "**no**"])
     return rows
 
 

@@ -9,7 +9,9 @@
 -- ARGV[3]  tokens per minute       ARGV[4]  token capacity (burst)
 -- ARGV[5]  requests per minute     ARGV[6]  request capacity (burst)
 -- ARGV[7], ARGV[8]  operands:
---          reserve  tokens, requests
+--          reserve  tokens, requests (ARGV[9], ARGV[10]: tokens and requests that must stay
+--                   in the bucket after the debit, '' for none: the headroom kept for
+--                   other keys' first jobs, see masterplan/admission.py)
 --          adjust   delta tokens (positive = debt, negative = refund)
 --          lower    remaining tokens or '', remaining requests or ''
 --
@@ -115,7 +117,10 @@ if op == 'reserve' then
   if want_t > token_full or want_r > request_full then
     return -1
   end
-  local wait = math.max(wait_for(tl, want_t, token_rate), wait_for(rl, want_r, request_rate))
+  local keep_t = tonumber(ARGV[9]) or 0
+  local keep_r = tonumber(ARGV[10]) or 0
+  local wait = math.max(wait_for(tl, want_t + keep_t * UNITS, token_rate),
+                        wait_for(rl, want_r + keep_r * UNITS, request_rate))
   if wait > 0 then
     -- Nothing to write: the refill is a pure function of (level, t, now).
     return wait

@@ -206,10 +206,14 @@ class TokenBucketLimiter:
         return f"{base}:tokens", f"{base}:requests"
 
     def reserve(
-        self, provider: str, tokens: int, *, requests: int = 1, now_ms: int | None = None
+        self, provider: str, tokens: int, *, requests: int = 1, keep: float = 0.0,
+        now_ms: int | None = None,
     ) -> Decision:
         """Debit `tokens` and `requests` from both buckets, or say how long to wait.
 
+        `keep` is the share of each bucket's capacity that must still be there after the debit
+        (the headroom a key's further jobs leave for other keys' first ones); a call too large
+        to leave it all leaves what it can, so that it still fits a full bucket.
         One Redis round trip. Unlimited providers are granted without touching Redis.
         """
         _check_count("tokens", tokens)
@@ -220,7 +224,11 @@ class TokenBucketLimiter:
         if tokens > lim.token_capacity or requests > lim.request_capacity:
             # Known from the limits alone: no need to ask Redis.
             return Decision(False, 0, True, None)
-        wait_ms = self._run(provider, _RESERVE, now_ms, tokens, requests)
+        extra: tuple[Any, ...] = ()
+        if keep > 0:
+            extra = (min(int(lim.token_capacity * keep), lim.token_capacity - tokens),
+                     min(int(lim.request_capacity * keep), lim.request_capacity - requests))
+        wait_ms = self._run(provider, _RESERVE, now_ms, tokens, requests, *extra)
         if wait_ms == 0:
             return Decision(True, 0, False, Reservation(provider, tokens, requests))
         if wait_ms < 0:
@@ -289,7 +297,7 @@ class TokenBucketLimiter:
 
     # -- script call ---------------------------------------------------------------------
 
-    def _run(self, provider: str, op: bytes, now_ms: int | None, a: Any, b: Any) -> Any:
+    def _run(self, provider: str, op: bytes, now_ms: int | None, a: Any, b: Any, *more: Any) -> Any:
         """Run one op of the script: one round trip, plus a reload if Redis lost the script.
 
         Returns the script's reply as is (see the top of `bucket.lua`).
@@ -298,7 +306,7 @@ class TokenBucketLimiter:
             _check_count("now_ms", now_ms)
         tokens_key, requests_key, tpm, tcap, rpm, rcap = self._static[provider]
         clock = b"" if now_ms is None else now_ms
-        args = (_SCRIPT_SHA, 2, tokens_key, requests_key, op, clock, tpm, tcap, rpm, rcap, a, b)
+        args = (_SCRIPT_SHA, 2, tokens_key, requests_key, op, clock, tpm, tcap, rpm, rcap, a, b, *more)
         with unavailable_as_limiter_error(f"the rate limiter of {provider!r}"):
             try:
                 result = self._redis.execute_command("EVALSHA", *args)

@@ -85,14 +85,15 @@ class BucketModel:
 
     # -- operations (same names and semantics as the script's ops) -------------------------
 
-    def reserve(self, tokens: int, requests: int, now_ms: int) -> ModelResult:
+    def reserve(self, tokens: int, requests: int, now_ms: int, keep_tokens: int = 0,
+                keep_requests: int = 0) -> ModelResult:
         t, r = self._load_both(now_ms)
         want_t, want_r = tokens * UNITS_PER_TOKEN, requests * UNITS_PER_TOKEN
         if want_t > self.token_full or want_r > self.request_full:
             return ModelResult(NEVER_FITS, 0, t.level, r.level)
         wait = max(
-            self._wait_for(t.level, want_t, self.token_rate),
-            self._wait_for(r.level, want_r, self.request_rate),
+            self._wait_for(t.level, want_t + keep_tokens * UNITS_PER_TOKEN, self.token_rate),
+            self._wait_for(r.level, want_r + keep_requests * UNITS_PER_TOKEN, self.request_rate),
         )
         if wait > 0:
             return ModelResult(WAIT, wait, t.level, r.level)

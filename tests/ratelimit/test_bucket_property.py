@@ -38,7 +38,8 @@ def operations(draw: st.DrawFn, lim: BucketLimits) -> list[tuple[Any, ...]]:
     cap = lim.token_capacity
     amount = st.integers(0, cap + cap // 5 + 1)
     op = st.one_of(
-        st.tuples(st.just("reserve"), amount, st.integers(0, 3), time_steps),
+        st.tuples(st.just("reserve"), amount, st.integers(0, 3), st.sampled_from([0.0, 0.2, 0.5]),
+                  time_steps),
         st.tuples(st.just("reconcile"), st.integers(0, 2 * cap), time_steps),
         st.tuples(
             st.just("lower"),
@@ -81,9 +82,13 @@ def test_script_matches_model(redis_client: Any, key_prefix: str, data: st.DataO
         kind, dt = step[0], step[-1]
         now = max(0, now + dt)
         if kind == "reserve":
-            _, tokens, requests, _ = step
-            got = limiter.reserve(provider, tokens, requests=requests, now_ms=now)
-            want = model.reserve(tokens, requests, now)
+            _, tokens, requests, keep, _ = step
+            got = limiter.reserve(provider, tokens, requests=requests, keep=keep, now_ms=now)
+            # The headroom to leave: the share of capacity, or what the call leaves of it.
+            keep_t = max(0, min(int(lim_cfg.token_capacity * keep), lim_cfg.token_capacity - tokens))
+            keep_r = max(0, min(int(lim_cfg.request_capacity * keep),
+                                lim_cfg.request_capacity - requests))
+            want = model.reserve(tokens, requests, now, keep_t, keep_r)
             assert got.granted == (want.code == GRANTED), step
             assert got.never_fits == (want.code == NEVER_FITS), step
             assert got.wait_ms == want.wait_ms, step

@@ -112,6 +112,18 @@ def test_exact_wait_with_a_fractional_rate(redis_client: Any, key_prefix: str) -
     assert lim.reserve(P, 3, now_ms=T + 25_715).granted
 
 
+def test_headroom_is_left_for_first_jobs(redis_client: Any, key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=600, rpm=100)  # one token per 100 ms
+    assert lim.reserve(P, 400, keep=0.2, now_ms=T).granted  # 200 left, 120 must stay
+    # 80 more would leave 120: granted; the next 10 must wait until 130 are there (1000 ms).
+    assert lim.reserve(P, 80, keep=0.2, now_ms=T).granted
+    assert lim.reserve(P, 10, keep=0.2, now_ms=T) == Decision(False, 1_000, False, None)
+    # A first job's call may take the headroom itself.
+    assert lim.reserve(P, 120, now_ms=T).granted
+    # A call too large to leave all of it leaves what it can, and still fits a full bucket.
+    assert lim.reserve(P, 550, keep=0.2, now_ms=T + 60_000).granted
+
+
 def test_rpm_blocks_even_with_plenty_of_tokens(redis_client: Any, key_prefix: str) -> None:
     lim = make(redis_client, key_prefix, tpm=1_000_000, rpm=2)
     assert lim.reserve(P, 1, now_ms=T).granted
