@@ -103,6 +103,9 @@ class JobSummary(BaseModel):
 
 class JobPublic(JobSummary):
     context: dict[str, Any] | None
+    admitted_at: datetime | None = Field(
+        description="When the job got its slot (KEY_MAX_JOBS_IN_FLIGHT, MAX_JOBS_IN_FLIGHT); "
+        "null while it waits for one, `queued`.")
     started_at: datetime | None
     personas: list[PersonaPublic]
     synthesis: dict[str, Any] | None

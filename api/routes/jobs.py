@@ -73,6 +73,7 @@ def job_public(session: Session, job: Job, primary: str) -> JobPublic:
     return JobPublic(
         **JobSummary.model_validate(job, from_attributes=True).model_dump(),
         context=job.context,
+        admitted_at=job.admitted_at,
         started_at=job.started_at,
         personas=[PersonaPublic(persona=st.stage, **st.model_dump(exclude={"stage", "title", "kind"}))
                   for st in stages if st.stage in personas],
