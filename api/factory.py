@@ -41,6 +41,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         owned = runtime is None
         if owned:
             setup_logging(settings)
+            # The Celery app publishes the API's tasks: it gets the same settings.
+            from workers.celery_app import app as celery_app
+            from workers.celery_app import configure_app
+
+            configure_app(celery_app, settings)
             try:
                 app.state.runtime = build_runtime(settings)
             except SchemaBehindError as exc:

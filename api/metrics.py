@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CHALLENGE, RuntimeDep, bearer_token, matching
 from masterplan.db.models import Job, JobStatus, LLMCall, RunStatus, StageRun
-from masterplan.llm.router import DEFERRED, SKIPS
+from masterplan.llm.outcomes import SKIPS, CallOutcome
 from masterplan.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -133,12 +133,12 @@ class DatabaseCollector:
             totals = per_provider.setdefault(provider, _Totals())
             if outcome in SKIPS:
                 skipped.add_metric([provider, outcome], n)
-            elif outcome == DEFERRED:
+            elif outcome == CallOutcome.DEFERRED:
                 totals.waits += n
                 totals.wait_ms += int(wait_ms)
             else:
                 calls.add_metric([provider, outcome], n)
-                if outcome == "rate_limited":
+                if outcome == CallOutcome.RATE_LIMITED:
                     limited.add_metric([provider], n)
             totals.input_tokens += int(tin)
             totals.output_tokens += int(tout)
@@ -157,7 +157,7 @@ class DatabaseCollector:
                                         labels=["provider", "from_provider"])
         for provider, prev, n in s.execute(
             sa.select(c.provider, c.fallback_from, sa.func.count())
-            .where(c.outcome == "ok", c.fallback_from.is_not(None))
+            .where(c.outcome == CallOutcome.OK, c.fallback_from.is_not(None))
             .group_by(c.provider, c.fallback_from)
         ).all():
             fallbacks.add_metric([provider, str(prev)], n)
@@ -168,7 +168,7 @@ class DatabaseCollector:
             "masterplan_stage_latency_seconds", "Latency of the LLM call that answered each "
             "stage (the five personas, synthesis, critique).", labels=["stage"])
         for value, buckets, total in _histogram(s, LLMCall.stage, LLMCall.latency_ms / 1000.0,
-                                                LLMCall.outcome == "ok"):
+                                                LLMCall.outcome == CallOutcome.OK):
             stage.add_metric([value], buckets, total)
         yield stage
         runs = HistogramMetricFamily(

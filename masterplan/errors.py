@@ -7,7 +7,7 @@
      ├── RetryLater                  every provider must wait; retry after `wait_ms`
      ├── AllProvidersFailed          every provider failed for good on this call
      ├── StreamInterrupted           a stream failed after its first chunk (carries partial text)
- ├── JobClosed                   the job was cancelled or ended: no further call is made for it
+     ├── JobClosed                   the job was cancelled or ended: no further call is made for it
      └── ProviderError               one provider's call failed, classified at the adapter boundary
           ├── RateLimited            429 (carries retry_after_ms when the provider said)
           ├── Overloaded             529 / 503
@@ -17,11 +17,27 @@
           ├── BadRequest             400 / 413, e.g. context too long
           ├── QuotaExhausted         billing or daily quota used up
           └── InvalidOutput          the reply is not valid JSON for the schema
+
+Each `ProviderError` class also says what its failure means for the next call, so the router
+and the pipeline ask the error instead of keeping lists of their own:
+
+    class            outcome          transient  default wait  benches
+    RateLimited      rate_limited     yes        1 s           -
+    Overloaded       overloaded       yes        5 s           -
+    ServerError      server_error     yes        -             -
+    ProviderTimeout  timeout          yes        -             -
+    AuthError        auth_error       -          -             yes
+    QuotaExhausted   quota_exhausted  -          -             yes (until its retry-after, if any)
+    BadRequest       bad_request      -          -             -
+    InvalidOutput    invalid_output   -          -             -
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, ClassVar
+
+from masterplan.llm.outcomes import CallOutcome
 
 
 class MasterplanError(Exception):
@@ -56,13 +72,16 @@ class JobClosed(MasterplanError):
 
 
 class AllProvidersFailed(MasterplanError):
-    """Every provider in the chain failed for good; `reasons` maps provider to why."""
+    """Every provider in the chain failed for this call; `reasons` maps provider to why.
+    `transient`: one of the failures was (5xx, timeout), so the same call may succeed later."""
 
-    def __init__(self, reasons: dict[str, str], attempts: list[Any] | None = None) -> None:
+    def __init__(self, reasons: dict[str, str], attempts: list[Any] | None = None, *,
+                 transient: bool = False) -> None:
         detail = "; ".join(f"{name}: {why}" for name, why in reasons.items()) or "no provider"
         super().__init__(f"all providers failed ({detail})")
         self.reasons = reasons
         self.attempts = attempts or []
+        self.transient = transient
 
 
 class StreamInterrupted(MasterplanError):
@@ -75,9 +94,17 @@ class StreamInterrupted(MasterplanError):
 
 
 class ProviderError(MasterplanError):
-    """One provider call failed. Subclasses say how; `outcome` is the ledger's word for it."""
+    """One provider call failed. Subclasses say how, and what that means for the next call."""
 
-    outcome = "error"
+    # The ledger's word for this failure.
+    outcome: ClassVar[CallOutcome] = CallOutcome.ERROR
+    # The provider is struggling, not refusing: the same request may succeed later.
+    transient: ClassVar[bool] = False
+    # The rest the provider needs before it is asked again, when it named none; None: no rest
+    # is worth waiting for (the request itself, or the account, is the trouble).
+    default_wait_s: ClassVar[float | None] = None
+    # The key or the account is refused: the provider is benched, not retried.
+    benches: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -94,50 +121,76 @@ class ProviderError(MasterplanError):
         self.retry_after_ms = retry_after_ms
         self.request_id = request_id
 
+    @property
+    def wait_ms(self) -> int | None:
+        """How long before this provider may be asked again, when that is worth waiting for:
+        its own retry-after, else the class's default wait; None when no wait is."""
+        if self.default_wait_s is None:
+            return None
+        return self.retry_after_ms or math.ceil(self.default_wait_s * 1000)
+
+    @property
+    def bench_ms(self) -> int | None:
+        """How long a benched provider sits out; None: the configured `auth_disable_s`."""
+        return None
+
 
 class RateLimited(ProviderError):
     """The provider answered 429."""
 
-    outcome = "rate_limited"
+    outcome = CallOutcome.RATE_LIMITED
+    transient = True
+    default_wait_s = 1.0
 
 
 class Overloaded(ProviderError):
     """The provider is overloaded (529, 503)."""
 
-    outcome = "overloaded"
+    outcome = CallOutcome.OVERLOADED
+    transient = True
+    default_wait_s = 5.0
 
 
 class ServerError(ProviderError):
     """The provider failed with a 5xx."""
 
-    outcome = "server_error"
+    outcome = CallOutcome.SERVER_ERROR
+    transient = True
 
 
 class ProviderTimeout(ProviderError):
     """The call timed out or the connection failed."""
 
-    outcome = "timeout"
+    outcome = CallOutcome.TIMEOUT
+    transient = True
 
 
 class AuthError(ProviderError):
     """The provider refused the key (401, 403)."""
 
-    outcome = "auth_error"
+    outcome = CallOutcome.AUTH_ERROR
+    benches = True
 
 
 class BadRequest(ProviderError):
     """The provider refused the request itself (400, 413: e.g. context too long)."""
 
-    outcome = "bad_request"
+    outcome = CallOutcome.BAD_REQUEST
 
 
 class QuotaExhausted(ProviderError):
     """Billing or daily quota exhausted."""
 
-    outcome = "quota_exhausted"
+    outcome = CallOutcome.QUOTA_EXHAUSTED
+    benches = True
+
+    @property
+    def bench_ms(self) -> int | None:
+        """A quota that names its reset (a retry-after) sits out until then."""
+        return self.retry_after_ms
 
 
 class InvalidOutput(ProviderError):
     """The reply is not valid JSON for the requested schema."""
 
-    outcome = "invalid_output"
+    outcome = CallOutcome.INVALID_OUTPUT

@@ -30,7 +30,8 @@ from masterplan.db import queries as q
 from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, RunStatus, utcnow
 from masterplan.db.session import is_db_unavailable
 from masterplan.llm.base import Completion
-from masterplan.llm.router import DEFERRED, SKIPS, Attempt, reasons
+from masterplan.llm.outcomes import SKIPS, CallOutcome
+from masterplan.llm.router import Attempt, reasons
 from masterplan.runtime import Runtime
 from masterplan.settings import Settings
 from masterplan.stages import JobInput, Pipeline, pipeline
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 # Back-off between error retries (not rate-limit waits, which use the provider's own wait).
 ERROR_BACKOFF_MS = (2000, 8000)
-TRANSIENT = {"server_error", "timeout", "overloaded"}
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _deferred_row(exc: E.RetryLater) -> Attempt:
     waiting = [a for a in exc.attempts if a.wait_ms] or exc.attempts
     shortest = min(waiting, key=lambda a: a.wait_ms or 10**12) if waiting else None
     return Attempt(shortest.provider if shortest else "-", shortest.model if shortest else "-",
-                   DEFERRED, wait_ms=exc.wait_ms, error=exc.reason)
+                   CallOutcome.DEFERRED, wait_ms=exc.wait_ms, error=exc.reason)
 
 
 @dataclass
@@ -191,7 +191,8 @@ def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, d
     """Make the stage's call; classify what came of it."""
     sd = pipeline()[stage]
     request = sd.build(JobInput(job.idea, job.context), found, rt.settings)
-    request = replace(request, tags={**request.tags, "stage": stage, "job_id": job.id})
+    request = replace(request, tags={**request.tags, "stage": stage, "job_id": job.id},
+                      headroom=rt.settings.fair_headroom if job.lane == admission.MORE else 0.0)
     attempts: list[Attempt] = []
     out = Outcome("failed", claim_id, waiting)
 
@@ -210,12 +211,12 @@ def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, d
         out.kind, out.wait_ms, out.error = "wait", exc.wait_ms, exc.reason
         if _past_deadline(job, exc.wait_ms):
             out.kind = "failed"
-            tried = [a for a in exc.attempts if a.outcome != DEFERRED]
+            tried = [a for a in exc.attempts if a.outcome != CallOutcome.DEFERRED]
             why = "; ".join(f"{name}: {r}" for name, r in reasons(tried).items())
             out.error = f"still waiting for providers at the job deadline ({why or exc.reason})"
     except E.AllProvidersFailed as exc:
         out.error = str(exc)
-        if errors_left > 0 and any(a.outcome in TRANSIENT for a in exc.attempts) \
+        if errors_left > 0 and exc.transient \
                 and not _past_deadline(job):
             out.kind = "error_wait"
             out.wait_ms = ERROR_BACKOFF_MS[max(-len(ERROR_BACKOFF_MS), -errors_left)]

@@ -1,23 +1,32 @@
 """Settings: one value object built at an entry point (API, worker, CLI) and passed in.
 
-Flat environment variables, `.env` supported. Every secret is a `SecretStr` stripped of
+pydantic-settings reads them, in this order: keyword overrides, the environment (or the mapping
+given to `load_settings`), `.env`, then the caller's defaults. Flat variables; a provider's are
+`<NAME>_*`, read by `ProviderEnv` with that prefix. Every secret is a `SecretStr` stripped of
 surrounding whitespace, so a pasted key with a trailing newline works. A malformed value stops
-start-up with one line naming the variable (`ConfigError`).
+start-up with one line naming the variable (`ConfigError`), never echoing a secret.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 
 from masterplan.errors import ConfigError
+from masterplan.settings_sources import EnvSettings, Inputs, config_error, reading
 
 ProviderKind = Literal["anthropic", "openai", "stub"]
+
+# Celery's time limits (workers/config.py applies them), kept here so that the settings check
+# the LLM timeout against them without importing Celery. Ordered LLM timeout < soft < hard <
+# broker visibility timeout: a slow call is cut by its own timeout first, a stuck task by the
+# soft then the hard limit, and only a dead worker's task is redelivered by the broker.
+SOFT_TIME_LIMIT_S = 300
+HARD_TIME_LIMIT_S = 330
+VISIBILITY_TIMEOUT_S = 3600
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,79 @@ class ProviderConfig:
         return (input_tokens * self.price_in + output_tokens * self.price_out) / 1_000_000
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+# --- One provider: <NAME>_* -----------------------------------------------------------------------
+
+
+def _prefix(name: str) -> str:
+    return name.upper().replace("-", "_") + "_"
+
+
+T = TypeVar("T")
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+class ProviderEnv(EnvSettings):
+    """One provider's `<NAME>_*` variables, read with that prefix (`GROQ_TPM` is `tpm` here).
+    Unset or blank means the provider's default (`KNOWN_PROVIDERS`)."""
+
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    model: str | None = None
+    price_in: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_out: float | None = Field(None, ge=0, allow_inf_nan=False)
+    tpm: int | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=0)
+    burst_tokens: int | None = Field(None, ge=0)
+    burst_requests: int | None = Field(None, ge=0)
+    latency_ms: int | None = Field(None, ge=0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        if isinstance(v, str):
+            return v.strip() or None
+        return v
+
+    def config(self, name: str) -> ProviderConfig:
+        """The provider as configured: these values over its known defaults."""
+        prefix = _prefix(name)
+        known = KNOWN_PROVIDERS.get(name)
+        if known is None and self.base_url is None:
+            raise ConfigError(
+                f"LLM_PROVIDERS names {name!r}, which is not a known provider "
+                f"({', '.join(KNOWN_PROVIDERS)}) and has no {prefix}BASE_URL"
+            )
+        d = known or ProviderDefaults("openai", "", self.base_url, 0.0, 0.0, None, None)
+        model = self.model or d.model
+        if not model:
+            raise ConfigError(f"{prefix}MODEL is required for the custom provider {name!r}")
+        return ProviderConfig(
+            name=name, kind=d.kind, model=model, base_url=self.base_url or d.base_url,
+            api_key=self.api_key, price_in=_or(self.price_in, d.price_in),
+            price_out=_or(self.price_out, d.price_out), tpm=_or(self.tpm, d.tpm),
+            rpm=_or(self.rpm, d.rpm), burst_tokens=self.burst_tokens,
+            burst_requests=self.burst_requests, latency_ms=_or(self.latency_ms, 0),
+        )
+
+
+def provider_variables(name: str) -> list[str]:
+    """Every variable read for the provider `name`: `GROQ_API_KEY`, `GROQ_TPM`, ..."""
+    return [f"{_prefix(name)}{f.upper()}" for f in ProviderEnv.model_fields]
+
+
+def _chain_names(chain: str) -> list[str]:
+    return [n.strip().lower() for n in chain.split(",") if n.strip()]
+
+
+# --- Everything else -------------------------------------------------------------------------------
+
+
+class Settings(EnvSettings):
+    """The whole configuration. `load_settings` builds it, with the providers; `Settings()` alone
+    reads the same variables but leaves `providers` empty."""
 
     redis_url: str | None = None
     # Prefix of every Redis key the system writes (buckets, cooldowns, broker queues), so that
@@ -139,13 +219,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
-    # Filled by load_settings from <NAME>_* variables; not read from the environment directly.
-    providers: tuple[ProviderConfig, ...] = ()
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_: object):  # type: ignore[no-untyped-def,override]
-        # load_settings is the one reader of the environment and `.env`; it passes values in.
-        return (init_settings,)
+    # Filled by load_settings from the <NAME>_* variables (ProviderEnv): not a field, so that no
+    # source ever reads a PROVIDERS variable.
+    _providers: tuple[ProviderConfig, ...] = PrivateAttr(())
 
     @field_validator("api_keys", "flower_basic_auth", "metrics_token", "redis_url", "llm_providers",
                      mode="before")
@@ -156,6 +232,27 @@ class Settings(BaseSettings):
             return v or None
         return v
 
+    @field_validator("llm_providers")
+    @classmethod
+    def _each_provider_once(cls, v: str | None) -> str | None:
+        if v is not None and len(set(_chain_names(v))) != len(_chain_names(v)):
+            raise ValueError(f"LLM_PROVIDERS={v!r} names a provider twice")
+        return v
+
+    @model_validator(mode="after")
+    def _timeout_below_the_time_limits(self) -> Settings:
+        # A call must be cut by its own timeout before Celery cuts the task that makes it.
+        if not self.llm_timeout_s < SOFT_TIME_LIMIT_S < HARD_TIME_LIMIT_S < VISIBILITY_TIMEOUT_S:
+            raise ValueError(
+                f"LLM_TIMEOUT_S={self.llm_timeout_s:g} must be below the task soft time limit "
+                f"({SOFT_TIME_LIMIT_S} s; hard limit {HARD_TIME_LIMIT_S} s, broker visibility "
+                f"timeout {VISIBILITY_TIMEOUT_S} s)")
+        return self
+
+    @property
+    def providers(self) -> tuple[ProviderConfig, ...]:
+        """The configured providers, in chain order."""
+        return self._providers
 
     @property
     def embedded(self) -> bool:
@@ -182,96 +279,58 @@ class Settings(BaseSettings):
         raise KeyError(name)
 
 
-def env_lookup(environ: Mapping[str, str], env_file: str | None) -> dict[str, str]:
-    merged: dict[str, str] = {}
-    if env_file and os.path.exists(env_file):
-        from dotenv import dotenv_values
-
-        merged.update({k.upper(): v for k, v in dotenv_values(env_file).items() if v is not None})
-    merged.update({k.upper(): v for k, v in environ.items()})
-    return merged
+# --- Building them ----------------------------------------------------------------------------------
 
 
-def _num(env: Mapping[str, str], var: str, kind: type, default: object) -> object:
-    raw = env.get(var, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
-    if value < 0:
-        raise ConfigError(f"{var}={raw!r} must not be negative")
-    return value
+def _read_provider(name: str, inputs: Inputs, overrides: Mapping[str, Any]) -> ProviderConfig:
+    prefix = _prefix(name)
+    own = {k[len(prefix):]: v for k, v in overrides.items() if k.upper().startswith(prefix)}
+    with reading(replace(inputs, prefix=prefix)):
+        try:
+            env = ProviderEnv(**own)
+        except ValidationError as exc:
+            raise config_error(exc, prefix, show_value=True) from None
+    return env.config(name)
 
 
-def _secret(env: Mapping[str, str], var: str) -> SecretStr | None:
-    raw = env.get(var, "").strip()
-    return SecretStr(raw) if raw else None
-
-
-def _provider(name: str, env: Mapping[str, str]) -> ProviderConfig:
-    prefix = name.upper().replace("-", "_")
-    known = KNOWN_PROVIDERS.get(name)
-    base_url = env.get(f"{prefix}_BASE_URL", "").strip() or None
-    if known is None and base_url is None:
-        raise ConfigError(
-            f"LLM_PROVIDERS names {name!r}, which is not a known provider "
-            f"({', '.join(KNOWN_PROVIDERS)}) and has no {prefix}_BASE_URL"
-        )
-    d = known or ProviderDefaults("openai", "", base_url, 0.0, 0.0, None, None)
-    model = env.get(f"{prefix}_MODEL", "").strip() or d.model
-    if not model:
-        raise ConfigError(f"{prefix}_MODEL is required for the custom provider {name!r}")
-    return ProviderConfig(
-        name=name,
-        kind=d.kind,
-        model=model,
-        base_url=base_url or d.base_url,
-        api_key=_secret(env, f"{prefix}_API_KEY"),
-        price_in=float(_num(env, f"{prefix}_PRICE_IN", float, d.price_in)),  # type: ignore[arg-type]
-        price_out=float(_num(env, f"{prefix}_PRICE_OUT", float, d.price_out)),  # type: ignore[arg-type]
-        tpm=_num(env, f"{prefix}_TPM", int, d.tpm),  # type: ignore[arg-type]
-        rpm=_num(env, f"{prefix}_RPM", int, d.rpm),  # type: ignore[arg-type]
-        burst_tokens=_num(env, f"{prefix}_BURST_TOKENS", int, None),  # type: ignore[arg-type]
-        burst_requests=_num(env, f"{prefix}_BURST_REQUESTS", int, None),  # type: ignore[arg-type]
-        latency_ms=_num(env, f"{prefix}_LATENCY_MS", int, 0),  # type: ignore[arg-type]
-    )
-
-
-def _providers(chain: str | None, env: Mapping[str, str]) -> tuple[ProviderConfig, ...]:
+def _providers(chain: str | None, inputs: Inputs,
+               overrides: Mapping[str, Any]) -> tuple[ProviderConfig, ...]:
     if chain:
-        names = [n.strip().lower() for n in chain.split(",") if n.strip()]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"LLM_PROVIDERS={chain!r} names a provider twice")
-        providers = tuple(_provider(n, env) for n in names)
+        providers = tuple(_read_provider(n, inputs, overrides) for n in _chain_names(chain))
         for p in providers:
             if p.kind != "stub" and p.base_url is None and p.api_key is None:
                 raise ConfigError(
-                    f"LLM_PROVIDERS names {p.name!r} but {p.name.upper()}_API_KEY is not set"
-                )
+                    f"LLM_PROVIDERS names {p.name!r} but {_prefix(p.name)}API_KEY is not set")
         return providers
-    with_key = tuple(
-        p for p in (_provider(n, env) for n in DEFAULT_CHAIN) if p.api_key is not None
-    )
-    return with_key or (_provider("stub", env),)
+    with_key = tuple(p for p in (_read_provider(n, inputs, overrides) for n in DEFAULT_CHAIN)
+                     if p.api_key is not None)
+    return with_key or (_read_provider("stub", inputs, overrides),)
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, *, env_file: str | None = ".env", **overrides: object
+    environ: Mapping[str, str] | None = None, *, env_file: str | None = ".env",
+    defaults: Mapping[str, str] | None = None, **overrides: Any,
 ) -> Settings:
-    """Build the settings from the environment (and `.env`). Raises ConfigError naming the variable."""
-    env = env_lookup(os.environ if environ is None else environ, env_file)
-    try:
-        values = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
-        values.pop("providers", None)
-        settings = Settings.model_validate({**values, **overrides})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        var = str(err["loc"][0]).upper() if err["loc"] else "settings"
-        raise ConfigError(f"{var}: {err['msg']}") from None
-    chain = settings.llm_providers
-    return settings.model_copy(update={"providers": _providers(chain, env)})
+    """Build the settings, providers included. Raises ConfigError naming the variable.
+
+    `environ` stands in for the process environment, whose values are then not used;
+    `env_file=None` reads no `.env`. `overrides` win over both: fields by name
+    (`auth_disabled=True`) and providers' variables in lower case (`stub_latency_ms=400`).
+    `defaults` lose to both: variables by name (`{"STUB_LATENCY_MS": "400"}`).
+    """
+    own = {k: v for k, v in overrides.items() if k in Settings.model_fields}
+    unknown = [k for k in overrides if k not in own
+               and not any(k.endswith(f"_{f}") for f in ProviderEnv.model_fields)]
+    if unknown:
+        raise TypeError(f"load_settings() got unknown overrides: {', '.join(unknown)}")
+    inputs = Inputs(environ, env_file, defaults or {})
+    with reading(inputs):
+        try:
+            settings = Settings(**own)
+        except ValidationError as exc:
+            raise config_error(exc) from None
+    settings._providers = _providers(settings.llm_providers, inputs, overrides)
+    return settings
 
 
 def provider_chain(settings: Settings) -> list[str]:

@@ -1,24 +1,25 @@
 """The Celery app, its configuration and the per-process runtime.
 
-`celery -A workers worker` loads `workers.app` with settings from the environment.
+Importing `workers` reads no setting. `celery -A workers worker` looks up `workers.app`: the
+process's one app (workers/celery_app.py), given the settings from the environment at that
+moment unless an entry point handed it some first (`configure_app`).
 """
 
 from __future__ import annotations
 
-import sys
+from typing import TYPE_CHECKING, Any
 
-from masterplan.errors import ConfigError
-from masterplan.settings import load_settings
+if TYPE_CHECKING:
+    from celery import Celery
 
-try:
-    _settings = load_settings()
-except ConfigError as _exc:  # a bad value stops start-up with one line naming the variable
-    print(f"configuration error: {_exc}", file=sys.stderr)
-    raise SystemExit(2) from None
+    app: Celery
+    celery: Celery
 
-from workers.celery_app import create_app
 
-app = create_app(_settings)
-celery = app
+def __getattr__(name: str) -> Any:
+    # Celery's `-A workers` finds `app` (or `celery`) as an attribute of the package.
+    if name in ("app", "celery"):
+        from workers.celery_app import app_from_environment
 
-__all__ = ["app", "celery"]
+        return app_from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,16 @@
-"""The Celery app. `celery -A workers worker` finds it as `workers.app`, made by `create_app`."""
+"""The Celery app: one per process, `app`, on which tasks/ registers its task at import.
+
+Making it reads no setting and connects nowhere. Its settings are handed to it by the process's
+entry point (`configure_app`: the API, the CLI, Flower, tests); `celery -A workers worker` asks
+for `workers.app`, which is `app_from_environment()`: the settings from the environment, unless
+some were handed in first.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 from celery import Celery, signals
@@ -11,7 +18,7 @@ from celery import Celery, signals
 from masterplan.errors import ConfigError, SchemaBehindError
 from masterplan.logs import setup_logging
 from masterplan.recovery import Sweeper
-from masterplan.settings import Settings, chain_summary
+from masterplan.settings import Settings, chain_summary, load_settings
 from workers import runtime
 from workers.config import celery_config
 
@@ -45,18 +52,34 @@ def _survive_redis_loss() -> None:
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings) -> Celery:
-    _survive_redis_loss()
-    app = Celery("masterplan", include=["tasks.pipeline"])
-    app.conf.update(celery_config(settings))
-    runtime.configure(settings)
-    return app
+app = Celery("masterplan", include=["tasks.pipeline"])
+_lock = threading.Lock()
+_configured = False
 
 
 def configure_app(app: Celery, settings: Settings) -> None:
-    """Point an existing app at other settings (the embedded mode, tests)."""
+    """Hand settings to the app and to this process's worker runtime (entry points; the
+    embedded mode and tests point it at other settings the same way)."""
+    global _configured
+    _survive_redis_loss()
     app.conf.update(celery_config(settings))
     runtime.configure(settings)
+    _configured = True
+
+
+def app_from_environment() -> Celery:
+    """`app`, given the settings from the environment (and `.env`) unless it already has some:
+    the way in for `celery -A workers ...`. A bad value stops the process with one line naming
+    the variable."""
+    with _lock:
+        if not _configured:
+            try:
+                settings = load_settings()
+            except ConfigError as exc:
+                print(f"configuration error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            configure_app(app, settings)
+    return app
 
 
 @signals.worker_init.connect

@@ -2,41 +2,55 @@
 
 Both run a real Celery worker inside the process. With no REDIS_URL that is the embedded
 default (memory broker, fakeredis, SQLite, the stub provider when no key is set); with REDIS_URL
-and DATABASE_URL set they use those services.
+and DATABASE_URL set they use those services. Their own defaults (the demo's stub latency, dev's
+AUTH_DISABLED) go to `load_settings`, below the environment and `.env`: `os.environ` is never
+changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from masterplan.settings import Settings
 
 DEFAULT_IDEA = "a marketplace for used lab equipment"
 
 
 # The demo's stub answers after this long (unless STUB_LATENCY_MS is set), so progress is visible.
 DEMO_STUB_LATENCY_MS = "400"
+# Each command's defaults, used where neither the environment nor `.env` sets the variable.
+DEFAULTS: dict[str, dict[str, str]] = {
+    "demo": {"STUB_LATENCY_MS": DEMO_STUB_LATENCY_MS},
+    "dev": {"AUTH_DISABLED": "true"},
+}
+
+
+def command_settings(command: str, *, quiet_logs: bool = True) -> Settings:
+    """The settings `masterplan <command>` runs with. Raises ConfigError naming the variable."""
+    from masterplan.settings import load_settings
+
+    overrides: dict[str, Any] = {"log_level": "WARNING"} if quiet_logs else {}
+    return load_settings(defaults=DEFAULTS.get(command, {}), **overrides)
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     from masterplan.errors import ConfigError
     from masterplan.logs import setup_logging
     from masterplan.runtime import build_runtime
-    from masterplan.settings import load_settings
 
     try:
-        settings = load_settings()
+        settings = command_settings(args.command, quiet_logs=getattr(args, "quiet_logs", True))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if getattr(args, "quiet_logs", True):
-        settings = settings.model_copy(update={"log_level": "WARNING"})
     setup_logging(settings)
-    from workers import app, runtime
-    from workers.celery_app import configure_app
+    from workers import runtime
+    from workers.celery_app import app, configure_app
 
     configure_app(app, settings)
     rt = build_runtime(settings, migrate=True)
@@ -55,7 +69,6 @@ def demo(args: argparse.Namespace) -> int:
     from workers.render import progress_table, render_job
 
     console = Console()
-    os.environ.setdefault("STUB_LATENCY_MS", DEMO_STUB_LATENCY_MS)
     app, rt = _prepare(args)
     console.print(f"[dim]{'embedded default' if rt.settings.embedded else 'services'}: "
                   f"{chain_summary(rt.settings)}; database {rt.engine.url.render_as_string()}[/dim]")
@@ -90,7 +103,6 @@ def demo(args: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     import uvicorn
 
-    os.environ.setdefault("AUTH_DISABLED", "true")
     from api.factory import create_app
     from workers.embedded import embedded_worker
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from kombu import Queue
 
-from masterplan.settings import Settings
+# The limits live with the settings, which refuse an LLM_TIMEOUT_S that is not below them.
+from masterplan.settings import HARD_TIME_LIMIT_S, SOFT_TIME_LIMIT_S, VISIBILITY_TIMEOUT_S, Settings
 from masterplan.stages import PERSONA_QUEUE, PIPELINE_QUEUE
 
-SOFT_TIME_LIMIT_S = 300
-HARD_TIME_LIMIT_S = 330
-VISIBILITY_TIMEOUT_S = 3600
+__all__ = ["FAIL_FAST_TRANSPORT", "HARD_TIME_LIMIT_S", "SOFT_TIME_LIMIT_S", "VISIBILITY_TIMEOUT_S",
+           "celery_config"]
 
 
 # For the API's publishes only: one that cannot reach the broker fails within about a second
@@ -30,7 +30,6 @@ FAIL_FAST_TRANSPORT = {"max_retries": 1, "interval_start": 0, "interval_step": 0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    assert settings.llm_timeout_s < SOFT_TIME_LIMIT_S < HARD_TIME_LIMIT_S < VISIBILITY_TIMEOUT_S
     conf: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,

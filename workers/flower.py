@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import sys
 from collections.abc import Mapping, Sequence
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from masterplan.errors import ConfigError
 
@@ -65,13 +66,21 @@ def flower_argv(env: Mapping[str, str], basic_auth: str | None,
     return argv + list(extra)
 
 
+class LauncherEnv(BaseSettings):
+    """The launcher's own variables (not settings), read like them: environment over `.env`."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    flower_port: str = ""
+    flower_cookie_secret: str = ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from masterplan.settings import env_lookup, load_settings
+    from masterplan.settings import load_settings
 
     extra = list(sys.argv[1:] if argv is None else argv)
     try:
         settings = load_settings()
-        env = env_lookup(os.environ, ".env")
+        env = {k.upper(): v for k, v in LauncherEnv().model_dump().items()}
         auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None
         if settings.broker_url.startswith("memory://"):
             raise ConfigError("REDIS_URL is not set: Flower watches the broker that separate "
@@ -88,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
            else "NO authentication (AUTH_DISABLED=true)")
     print(f"flower: {who}, {flower[1]}", file=sys.stderr, flush=True)
 
-    from workers import app
+    from workers.celery_app import app, configure_app
 
+    configure_app(app, settings)
     return int(app.start(flower) or 0)
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, LLMCall, RunStatus, StageRun, utcnow
-from masterplan.llm.router import DEFERRED, SKIPS
+from masterplan.llm.outcomes import SKIPS, CallOutcome
 from masterplan.stages import pipeline
 
 
@@ -139,7 +139,7 @@ def record_lost(session: Session, *, job_id: str, stages: Iterable[str]) -> None
     unknown to us (the provider may have charged it), so the row says so rather than nothing."""
     now = utcnow()
     session.execute(sa.insert(_CALLS), [
-        dict(job_id=job_id, stage=st, provider="-", model="-", outcome="lost",
+        dict(job_id=job_id, stage=st, provider="-", model="-", outcome=CallOutcome.LOST,
              error="the worker running this stage was lost (its lease ran out); a call it had "
                    "in flight may have been charged", created_at=now,
              input_tokens=0, output_tokens=0, cost_usd=0.0, latency_ms=0, wait_ms=0)
@@ -356,7 +356,7 @@ def extend_wait(session: Session, *, job_id: str, stage: str, row: dict[str, Any
     ledger grows with calls, not with every look at a chain that must still wait."""
     c = _CALLS.c
     last = sa.select(sa.func.max(c.id)).where(c.job_id == job_id, c.stage == stage,
-                                              c.outcome == DEFERRED).scalar_subquery()
+                                              c.outcome == CallOutcome.DEFERRED).scalar_subquery()
     if not _dml(session, sa.update(_CALLS).where(c.id == last).values(
             wait_ms=c.wait_ms + row["wait_ms"], error=row["error"], provider=row["provider"],
             model=row["model"])):
@@ -377,12 +377,12 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
     rows = session.execute(
         sa.select(
             c.stage, c.provider,
-            sa.func.count().filter(c.outcome.not_in((*SKIPS, DEFERRED))),
+            sa.func.count().filter(c.outcome.not_in((*SKIPS, CallOutcome.DEFERRED))),
             sa.func.coalesce(sa.func.sum(c.input_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.output_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
-            sa.func.coalesce(sa.func.sum(c.wait_ms).filter(c.outcome == DEFERRED), 0),
-            sa.func.count().filter(c.outcome != "ok"),
+            sa.func.coalesce(sa.func.sum(c.wait_ms).filter(c.outcome == CallOutcome.DEFERRED), 0),
+            sa.func.count().filter(c.outcome != CallOutcome.OK),
         )
         .where(c.job_id == job_id)
         .group_by(c.stage, c.provider)

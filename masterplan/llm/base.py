@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pydantic import BaseModel
+
+from masterplan.ratelimit.estimate import estimate_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,16 +28,12 @@ class LLMRequest:
     schema: type[BaseModel] | None = None
     # Free-form context for logs (job id, stage); never sent to a provider.
     tags: dict[str, str] = field(default_factory=dict)
+    # The share of each provider bucket this call must leave for other keys' first jobs
+    # (FAIR_HEADROOM for a key's second and later jobs in flight; masterplan/admission.py).
+    headroom: float = 0.0
 
     def with_messages(self, *extra: Message) -> LLMRequest:
-        return LLMRequest(
-            system=self.system,
-            messages=self.messages + extra,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            schema=self.schema,
-            tags=self.tags,
-        )
+        return replace(self, messages=self.messages + extra)
 
     @property
     def prompt_chars(self) -> int:
@@ -50,6 +48,12 @@ class Usage:
     @property
     def total(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def estimated(cls, request: LLMRequest, reply_chars: int) -> Usage:
+        """The usage of a reply whose provider counted none (a local server, the stub): an
+        estimate keeps cost and rate limits honest."""
+        return cls(estimate_tokens(request.prompt_chars), estimate_tokens(reply_chars))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,16 @@ class Completion:
     rate_limit: RateLimitInfo | None = None
     # The validated object when the request had a schema (filled by the router).
     data: BaseModel | None = None
+
+    @classmethod
+    def of(cls, text: str, end: StreamEnd, latency_ms: int) -> Completion:
+        """A whole reply from its text and the facts a stream ends with."""
+        return cls(text, end.usage, end.provider, end.model, latency_ms, end.request_id,
+                   end.rate_limit)
+
+    def end(self) -> StreamEnd:
+        """This reply's facts, as the last item of a stream."""
+        return StreamEnd(self.usage, self.provider, self.model, self.request_id, self.rate_limit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ Public functions (the wait and remaining capacity themselves are read by `master
 
 * `classify_status(status, headers, body, provider=..., request_id=...)`: status + body ->
   error class.
-* `from_openai_error(exc, provider)` / `from_anthropic_error(exc, provider)`: SDK exception ->
-  error, via `classify_status`.
+* `from_sdk_error(sdk, exc, provider)`: an exception of the `openai` or `anthropic` SDK (the
+  module is `sdk`) -> error, via `classify_status`; `from_openai_error(exc, provider)` /
+  `from_anthropic_error(exc, provider)` name the SDK.
 
 Error messages are built here from the status and the provider's own error text, truncated,
 with anything that looks like an API key redacted. SDK messages are never passed through as-is.
@@ -49,6 +50,7 @@ __all__ = [
     "classify_status",
     "from_anthropic_error",
     "from_openai_error",
+    "from_sdk_error",
     "redact",
     "request_id_from_headers",
 ]
@@ -336,8 +338,8 @@ def _unexpected(exc: BaseException, provider: str, secrets: Iterable[str | None]
     return ServerError(f"{provider}: unexpected {type(exc).__name__}: {text}", provider=provider)
 
 
-def _from_sdk_error(
-    sdk: Any, exc: BaseException, provider: str, secrets: Iterable[str | None]
+def from_sdk_error(
+    sdk: Any, exc: BaseException, provider: str, *, secrets: Iterable[str | None] = ()
 ) -> ProviderError:
     """Both SDKs (openai, anthropic) share one exception tree; `sdk` is the module.
 
@@ -383,7 +385,7 @@ def from_openai_error(
     """The `ProviderError` for an exception raised by the `openai` SDK (or its HTTP layer)."""
     import openai
 
-    return _from_sdk_error(openai, exc, provider, secrets)
+    return from_sdk_error(openai, exc, provider, secrets=secrets)
 
 
 def from_anthropic_error(
@@ -392,7 +394,7 @@ def from_anthropic_error(
     """The `ProviderError` for an exception raised by the `anthropic` SDK (or its HTTP layer)."""
     import anthropic
 
-    return _from_sdk_error(anthropic, exc, provider, secrets)
+    return from_sdk_error(anthropic, exc, provider, secrets=secrets)
 
 
 def request_id_from_headers(headers: Mapping[str, str] | None) -> str | None:

@@ -1,19 +1,47 @@
-"""The two-call pattern for conversational text: stream it, then structure it.
+"""Streams: a provider's stream read as one reply, and the two-call pattern.
 
-Streaming itself (with fallback before the first chunk only) is `Router.stream`.
+* `collect`: how the router consumes a provider's stream on the one attempt path it shares
+  with completions: pass the text through, return the whole as a `Completion`.
+* `stream_then_structure`: stream conversational text, then structure it.
+
+Streaming through the chain (fallback before the first chunk only) is `Router.stream`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from masterplan.llm.base import LLMRequest, Message
+from masterplan.errors import ServerError
+from masterplan.llm.base import Completion, LLMRequest, Message, StreamEnd, StreamItem
 
 if TYPE_CHECKING:
     from masterplan.llm.router import Attempt, Routed, Router
+
+
+def collect(items: Iterator[StreamItem], chunks: list[str], *, provider: str,
+            started: float) -> Generator[str, None, Completion]:
+    """Yield a provider's text chunks (also appended to `chunks`, what the reader has seen) and
+    return the whole reply once its `StreamEnd` arrives; `started` is the call's
+    `time.perf_counter()`. A stream without text, or without its end, is the provider's
+    `ServerError`. The provider's stream is closed however this ends."""
+    try:
+        for item in items:
+            if isinstance(item, StreamEnd):
+                if not chunks:
+                    raise ServerError("the stream ended without any text", provider=provider)
+                latency_ms = int((time.perf_counter() - started) * 1000)
+                return Completion.of("".join(chunks), item, latency_ms)
+            chunks.append(item)
+            yield item
+        raise ServerError("the stream ended before its usage", provider=provider)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def stream_then_structure(

@@ -146,10 +146,6 @@ def from_json_schema(schema: dict[str, Any], idea: str) -> Any:
     return value(schema, "answer")
 
 
-def _tokens(chars: int) -> int:
-    return max(1, (chars + 3) // 4)
-
-
 class StubProvider:
     """A provider that needs no network. `latency_s` simulates a provider's response time."""
 
@@ -176,7 +172,7 @@ class StubProvider:
         text = self._text(request)
         return Completion(
             text=text,
-            usage=Usage(_tokens(request.prompt_chars), _tokens(len(text))),
+            usage=Usage.estimated(request, len(text)),
             provider=self.name,
             model=self.model,
             latency_ms=int((time.perf_counter() - started) * 1000),
@@ -188,4 +184,4 @@ class StubProvider:
             time.sleep(self.latency_s)  # simulated provider latency
         for i in range(0, len(text), 40):
             yield text[i : i + 40]
-        yield StreamEnd(Usage(_tokens(request.prompt_chars), _tokens(len(text))), self.name, self.model)
+        yield StreamEnd(Usage.estimated(request, len(text)), self.name, self.model)

@@ -4,6 +4,7 @@ database (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,3 +110,23 @@ def test_submissions_per_minute_say_when_the_next_is_accepted(runtime_on: Callab
     off = runtime_on(KEY_SUBMISSIONS_PER_MIN="0")
     with off.sessions() as s:
         assert admission.retry_after_s(s, off.settings, "A") is None
+
+
+def test_a_keys_further_jobs_leave_the_headroom_to_first_jobs() -> None:
+    """Through the router, on a limited provider: a call with headroom waits where a first job's
+    call of the same size goes ahead."""
+    import fakeredis
+
+    from masterplan import errors as E
+    from masterplan.llm.base import LLMRequest, Message
+    from masterplan.llm.registry import build_router
+
+    settings = make_settings({"LLM_PROVIDERS": "stub", "STUB_TPM": "10000", "STUB_RPM": "1000"})
+    router = build_router(settings, fakeredis.FakeRedis())
+    assert router.limiter.reserve("stub", 8000).granted  # 2,000 tokens left
+    request = LLMRequest("You are terse.", (Message("user", "an idea"),), max_tokens=500)
+
+    with pytest.raises(E.RetryLater) as waited:
+        router.route(replace(request, headroom=settings.fair_headroom))  # must leave 2,000
+    assert waited.value.wait_ms > 0
+    assert router.route(request).completion.provider == "stub"

@@ -274,3 +274,18 @@ def test_a_429_from_the_only_provider_means_retry_after_its_wait(fakes, redis_cl
         router.route(REQ)
     assert 2_000 < exc.value.wait_ms <= 3_000
     assert [a.outcome for a in exc.value.attempts] == ["rate_limited"]
+
+
+def test_all_providers_failed_says_whether_a_failure_was_transient(fakes, redis_client) -> None:
+    router = router_for(fakes, redis_client, LLM_PROVIDERS="anthropic,groq")
+    fakes["anthropic"].fail_next(status=500)
+    fakes["groq"].fail_next(status=400)
+    with pytest.raises(E.AllProvidersFailed) as exc:
+        router.route(REQ)
+    assert exc.value.transient  # the 500 may pass: the pipeline retries after a back-off
+
+    fakes["anthropic"].fail_next(status=400)
+    fakes["groq"].fail_next(status=400)
+    with pytest.raises(E.AllProvidersFailed) as exc:
+        router.route(REQ)
+    assert not exc.value.transient  # the request itself is refused: retrying will not help

@@ -192,22 +192,9 @@ def test_no_secret_is_written_in_the_compose_file(compose_cmd, tmp_path) -> None
 
 def _setting_names() -> tuple[set[str], set[str]]:
     """The variables Settings reads: its fields, and every <NAME>_* of the known providers."""
-    from masterplan.settings import KNOWN_PROVIDERS, Settings, _provider
+    from masterplan.settings import KNOWN_PROVIDERS, Settings, provider_variables
 
-    class Recorder(dict[str, str]):
-        def __init__(self) -> None:
-            super().__init__()
-            self.asked: set[str] = set()
-
-        def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-            self.asked.add(key)
-            return super().get(key, default)
-
-    per_provider: set[str] = set()
-    for provider in KNOWN_PROVIDERS:
-        env = Recorder()
-        _provider(provider, env)
-        per_provider |= env.asked
+    per_provider = {var for provider in KNOWN_PROVIDERS for var in provider_variables(provider)}
     return {f.upper() for f in Settings.model_fields if f != "providers"}, per_provider
 
 
