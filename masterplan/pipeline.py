@@ -55,9 +55,10 @@ class StepResult:
         out: dict[str, Any] = {"stage": self.stage, "status": self.status, "ready": list(self.ready)}
         return out | ({"released": list(self.released)} if self.released else {})
 
-    def with_released(self, rt: Runtime, d: Decision) -> StepResult:
-        """When the job just ended, its slot goes to a waiting job (after the commit)."""
-        if not (d.done or d.fail):
+    def with_released(self, rt: Runtime, waiting: bool) -> StepResult:
+        """When the job just ended and jobs wait, its slot goes to one of them (after the
+        commit)."""
+        if not waiting:
             return self
         return replace(self, released=tuple(admission.release_quietly(rt)))
 
@@ -114,12 +115,16 @@ def decide(p: Pipeline, settings: Settings, states: dict[str, tuple[str, str | N
     return Decision(ready=tuple(ready))
 
 
-def _conclude(s: Session, job_id: str, d: Decision) -> None:
-    """End the job when the decision says it has ended."""
+def _conclude(s: Session, job_id: str, d: Decision) -> bool:
+    """End the job when the decision says it has ended. True when it did and other jobs wait
+    for a slot (asked in the same transaction: no extra one on the hot path)."""
     if d.fail is not None:
         fail_job(s, job_id, d.fail)
     elif d.done:
         q.update_job(s, job_id=job_id, status=JobStatus.SUCCEEDED.value, finished_at=utcnow())
+    else:
+        return False
+    return q.any_waiting(s)
 
 
 def fail_job(s: Session, job_id: str, reason: str) -> bool:
@@ -278,10 +283,10 @@ def _finish(rt: Runtime, p: Pipeline, job_id: str, stage: str, out: Outcome) -> 
             return StepResult(stage, status.value)
         states[stage] = (status.value, out.error)
         d = decide(p, rt.settings, states)
-        _conclude(s, job_id, d)
+        waiting = _conclude(s, job_id, d)
         # Only the stages this one was needed for became ready just now.
         result = StepResult(stage, status.value, tuple(n for n in d.ready if stage in p[n].needs))
-    return result.with_released(rt, d)
+    return result.with_released(rt, waiting)
 
 
 def run_stage(rt: Runtime, job_id: str, stage: str, *, errors_left: int = 2,
@@ -330,10 +335,10 @@ def record_crash(rt: Runtime, job_id: str, stage: str, exc: BaseException) -> St
             return StepResult(stage, states.get(stage, ("failed", None))[0])
         states[stage] = (RunStatus.FAILED.value, error)
         d = decide(p, rt.settings, states)
-        _conclude(s, job_id, d)
+        waiting = _conclude(s, job_id, d)
         result = StepResult(stage, RunStatus.FAILED.value,
                             tuple(n for n in d.ready if stage in p[n].needs))
-    return result.with_released(rt, d)
+    return result.with_released(rt, waiting)
 
 
 def cancel(rt: Runtime, job_id: str, *, owner: str) -> tuple[bool, bool]:
