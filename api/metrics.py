@@ -4,7 +4,8 @@ The database is the source of truth that every worker on every machine writes to
 stage and LLM figures are aggregates of its tables (`jobs`, `stage_runs`, the `llm_calls`
 ledger) rather than per-process counters that would have to be summed across workers and would
 reset on every restart. Queue depth comes from the broker (Redis `LLEN`): Flower has no
-queue-length metric. `install(app)` mounts the route.
+queue-length metric. What is left of each provider's daily cap comes from its buckets in Redis,
+which every worker debits. `install(app)` mounts the route.
 
 The figures are every tenant's totals, so the route answers to its own credential,
 `METRICS_TOKEN` (a bearer token), never to the tenants' API keys; without it set, /metrics does
@@ -14,6 +15,7 @@ not exist (404), so a scanner learns nothing. AUTH_DISABLED (local use) leaves i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ from api.deps import CHALLENGE, RuntimeDep, bearer_token, matching
 from masterplan.db.models import Job, JobStatus, LLMCall, RunStatus, StageRun
 from masterplan.llm.outcomes import SKIPS, CallOutcome
 from masterplan.runtime import Runtime
+from masterplan.settings import provider_chain
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +242,49 @@ class BrokerCollector:
                                 "countdown).", value=unacked)
 
 
+def daily_capped(runtime: Runtime) -> list[str]:
+    """The providers of the chain with a daily cap (RPD, TPD), in chain order."""
+    limiter = runtime.router.limiter
+    return [name for name in provider_chain(runtime.settings)
+            if (lim := limiter.limits_for(name)) is not None and lim.daily]
+
+
+class LimiterCollector:
+    """What is left of each provider's day (its RPD and TPD buckets in Redis), for providers with
+    a daily cap: the figure that says when the chain will move to its next provider."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        limiter = self.rt.router.limiter
+        left = GaugeMetricFamily("masterplan_bucket_day_remaining", "What is left of a provider's "
+                                 "daily cap (RPD, TPD), shared by every worker.",
+                                 labels=["provider", "bucket"])
+        capacity = GaugeMetricFamily("masterplan_bucket_day_capacity", "A provider's daily cap.",
+                                     labels=["provider", "bucket"])
+        resets = GaugeMetricFamily("masterplan_bucket_day_reset_seconds", "Seconds until a "
+                                   "provider's day buckets are full again.", labels=["provider"])
+        now_ms = time.time() * 1000
+        for name in daily_capped(self.rt):
+            st = limiter.status(name)
+            for bucket, today, cap in (("tokens", st.tokens_today, st.token_day_capacity),
+                                       ("requests", st.requests_today, st.request_day_capacity)):
+                if today is not None and cap is not None:
+                    left.add_metric([name, bucket], today)
+                    capacity.add_metric([name, bucket], cap)
+            if st.day_resets_at_ms is not None:
+                resets.add_metric([name], max(0.0, (st.day_resets_at_ms - now_ms) / 1000))
+        yield from (left, capacity, resets)
+
+
 class _Scrape:
     """Every source's metrics, then `masterplan_metrics_source_up`. A source that fails is
     reported 0 there and left out, so a database hiccup does not hide the queue depth, nor the
     other way round."""
 
-    def __init__(self, sources: dict[str, DatabaseCollector | BrokerCollector]) -> None:
+    def __init__(self, sources: dict[str, DatabaseCollector | BrokerCollector | LimiterCollector]
+                 ) -> None:
         self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
@@ -264,10 +304,12 @@ class _Scrape:
 
 def render(runtime: Runtime) -> bytes:
     """The Prometheus text exposition for this runtime's database and broker."""
-    sources: dict[str, DatabaseCollector | BrokerCollector] = {
+    sources: dict[str, DatabaseCollector | BrokerCollector | LimiterCollector] = {
         "database": DatabaseCollector(runtime)}
     if runtime.settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         sources["broker"] = BrokerCollector(runtime)
+    if daily_capped(runtime):
+        sources["limiter"] = LimiterCollector(runtime)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Scrape(sources))
     return generate_latest(registry)

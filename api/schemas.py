@@ -33,6 +33,12 @@ class JobCreate(BaseModel):
     context: dict[str, Any] | None = Field(
         None, description="Optional founder context, e.g. interview answers."
     )
+    max_cost_usd: float | None = Field(
+        None, gt=0, le=1_000_000, allow_inf_nan=False,
+        description="The job's cost ceiling in USD (default JOB_MAX_COST_USD; none: no ceiling). "
+        "A job whose estimate does not fit is refused with a 422 that says the estimate; no call "
+        "is sent that could take the job past it, and a job that would need one ends `failed` "
+        "with reason `budget`, keeping what finished.")
 
     @field_validator("idea")
     @classmethod
@@ -78,12 +84,15 @@ class StageUsage(BaseModel):
     cost_usd: float
     wait_ms: int
     failed_attempts: int
+    wasted_cost_usd: float = Field(description="What this stage's attempts that gave nothing "
+                                   "cost: invalid output (repaired or not), errors, lost calls.")
 
 
 class UsageTotals(BaseModel):
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    wasted_cost_usd: float
     wait_ms: int
 
 
@@ -103,6 +112,7 @@ class JobSummary(BaseModel):
 
 class JobPublic(JobSummary):
     context: dict[str, Any] | None
+    max_cost_usd: float | None = Field(description="The job's cost ceiling in USD, if any.")
     admitted_at: datetime | None = Field(
         description="When the job got its slot (KEY_MAX_JOBS_IN_FLIGHT, MAX_JOBS_IN_FLIGHT); "
         "null while it waits for one, `queued`.")
@@ -132,7 +142,17 @@ class BucketPublic(BaseModel):
     token_capacity: int
     requests: int
     request_capacity: int
-    wait_ms: int
+    wait_ms: int = Field(description="The wait for a one-token, one-request call, the day's "
+                         "buckets included.")
+    tokens_today: int | None = Field(None, description="Tokens left today (TPD); null without "
+                                     "a daily token cap.")
+    token_day_capacity: int | None = Field(None, description="Tokens per day; null: no cap.")
+    requests_today: int | None = Field(None, description="Requests left today (RPD); null "
+                                       "without a daily request cap.")
+    request_day_capacity: int | None = Field(None, description="Requests per day; null: no cap.")
+    day_resets_at: datetime | None = Field(
+        None, description="When the day's buckets are full again: the provider's reset (a "
+        "midnight, or a rolling day's full refill); null without a daily cap.")
 
 
 class ProviderPublic(BaseModel):

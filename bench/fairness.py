@@ -8,7 +8,8 @@ one worker process (threads), a fresh PostgreSQL database. Each way runs on its 
 - idle: B's job alone, `repeats` times, the bucket refilled in between;
 - fair: the defaults (KEY_MAX_JOBS_IN_FLIGHT, FAIR_HEADROOM); A submits `flood` jobs as fast
   as it can (KEY_SUBMISSIONS_PER_MIN off, so that every one is stored), and once the provider's
-  bucket is drained B submits a job, `repeats` times, one after another;
+  bucket is drained B submits a job, `repeats` times, GAP_S apart. The first finds the bucket
+  drained by a single tenant (no headroom was kept for anyone yet); the later ones find it;
 - unfair: the same with the per-key limits off (KEY_MAX_JOBS_IN_FLIGHT very high,
   FAIR_HEADROOM=0): first come, first served, which is what the system did before.
 
@@ -29,7 +30,10 @@ from bench.ratelimit import IDEA, Limits, ours_stack
 KEY_A, KEY_B = "bench-flood-key-0123456789", "bench-other-key-0123456789"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"Authorization": f"Bearer {KEY_B}"}
-LIMITS = Limits(tpm=30_000, rpm=300)
+# A job reserves about 8,000 tokens: 60,000 TPM is seven or so jobs a minute, and
+# FAIR_HEADROOM's 20% holds one whole job of another key.
+LIMITS = Limits(tpm=60_000, rpm=600)
+GAP_S = 15.0  # between key B's jobs: the headroom refills
 LATENCY_S = 0.3
 UNFAIR = {"KEY_MAX_JOBS_IN_FLIGHT": "1000000", "FAIR_HEADROOM": "0"}
 
@@ -85,7 +89,7 @@ def _run(way: str, *, flood: int, repeats: int, timeout: float) -> list[float]:
             for rep in range(repeats):
                 times.append(_job_seconds(client, AUTH_B, timeout))
                 H.log(f"fairness idle {rep + 1}/{repeats}: {times[-1]:.2f} s")
-                time.sleep(60 * 8000 / LIMITS.tpm)  # more than a job's tokens refill
+                time.sleep(60 * 10_000 / LIMITS.tpm)  # more than a job's tokens refill
             return times
         t0 = time.monotonic()
         _flood(client, flood)
@@ -93,6 +97,8 @@ def _run(way: str, *, flood: int, repeats: int, timeout: float) -> list[float]:
         if not H.wait_until(lambda: _drained(client), timeout=120, interval=0.5):
             raise RuntimeError("the flood did not drain the provider's bucket")
         for rep in range(repeats):
+            if rep:
+                time.sleep(GAP_S)
             times.append(_job_seconds(client, AUTH_B, timeout))
             H.log(f"fairness {way} {rep + 1}/{repeats}: key B's job {times[-1]:.2f} s")
     return times

@@ -8,8 +8,11 @@ the database and nothing of it is published. When a job ends, and on every recov
 key with one job never waits behind another key's thousand: at worst for one job to end.
 
 A job admitted while its key had nothing else in flight runs in the "first" lane, the others in
-"more": the provider buckets keep FAIR_HEADROOM of their capacity for the first lane
-(masterplan/ratelimit/), so a key's burst cannot drain a provider for everyone else either.
+"more". While another key has open jobs or submitted one in the last FAIR_WINDOW_S, the provider
+buckets keep FAIR_HEADROOM of their capacity for the first lane (masterplan/ratelimit/), so a
+key's burst cannot drain a provider for everyone else either; a single tenant keeps the whole
+bucket. (The first newcomer after a single-tenant spell finds the bucket drained, and waits for
+its own calls' tokens to refill; the ones after it find the headroom.)
 
 Submissions are limited per key too (KEY_SUBMISSIONS_PER_MIN, a sliding minute).
 """
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -38,6 +43,26 @@ class Slot:
 
     admitted: bool
     lane: str = FIRST
+
+
+# Whether other keys compete is asked at most this often per process (one small query).
+CONTENDED_TTL_S = 1.0
+_contended: tuple[float, bool] = (-CONTENDED_TTL_S, False)
+
+
+def headroom(rt: Runtime, lane: str) -> float:
+    """The share of each bucket a call of this lane must leave to other keys' first jobs."""
+    global _contended
+    if lane != MORE or not rt.settings.fair_headroom:
+        return 0.0
+    at, contended = _contended
+    now = time.monotonic()
+    if now - at >= CONTENDED_TTL_S:
+        with rt.sessions() as s:
+            since = utcnow() - timedelta(seconds=rt.settings.fair_window_s)
+            contended = q.active_owners(s, since=since, at_least=2)
+        _contended = (now, contended)
+    return rt.settings.fair_headroom if contended else 0.0
 
 
 def retry_after_s(s: Session, settings: Settings, owner: str) -> int | None:

@@ -21,15 +21,19 @@
 Each `ProviderError` class also says what its failure means for the next call, so the router
 and the pipeline ask the error instead of keeping lists of their own:
 
-    class            outcome          transient  default wait  benches
-    RateLimited      rate_limited     yes        1 s           -
-    Overloaded       overloaded       yes        5 s           -
-    ServerError      server_error     yes        -             -
-    ProviderTimeout  timeout          yes        -             -
-    AuthError        auth_error       -          -             yes
-    QuotaExhausted   quota_exhausted  -          -             yes (until its retry-after, if any)
-    BadRequest       bad_request      -          -             -
-    InvalidOutput    invalid_output   -          -             -
+    class            outcome          transient  default wait  circuit  benches
+    RateLimited      rate_limited     yes        1 s           -        -
+    Overloaded       overloaded       yes        - (*)         yes      -
+    ServerError      server_error     yes        -             yes      -
+    ProviderTimeout  timeout          yes        -             yes      -
+    AuthError        auth_error       -          -             -        yes
+    QuotaExhausted   quota_exhausted  -          -             -        yes (until its retry-after)
+    BadRequest       bad_request      -          -             -        -
+    InvalidOutput    invalid_output   -          -             -        -
+
+(*) only its own Retry-After: a dead endpoint answers 503 to everything, and a fixed rest
+would ask it again forever; without one, the failure only counts towards the circuit.
+"circuit": counts towards the provider's circuit breaker (masterplan/llm/cooldowns.py).
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ class JobClosed(MasterplanError):
     """The job was cancelled or has ended: no further LLM call is made for it."""
 
 
+class BudgetExceeded(MasterplanError):
+    """The next call's worst case would take the job past its cost ceiling, even once its other
+    calls in flight have settled (masterplan/budget.py)."""
+
+
 class AllProvidersFailed(MasterplanError):
     """Every provider in the chain failed for this call; `reasons` maps provider to why.
     `transient`: one of the failures was (5xx, timeout), so the same call may succeed later."""
@@ -105,6 +114,9 @@ class ProviderError(MasterplanError):
     default_wait_s: ClassVar[float | None] = None
     # The key or the account is refused: the provider is benched, not retried.
     benches: ClassVar[bool] = False
+    # The provider failed to answer (5xx, silence, a broken stream): counts towards its circuit
+    # breaker. A rate limit is an answer, and a refused request says nothing of the endpoint.
+    trips_circuit: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -148,7 +160,12 @@ class Overloaded(ProviderError):
 
     outcome = CallOutcome.OVERLOADED
     transient = True
-    default_wait_s = 5.0
+    trips_circuit = True
+
+    @property
+    def wait_ms(self) -> int | None:
+        """Its own Retry-After only; without one no rest is assumed (see the table above)."""
+        return self.retry_after_ms
 
 
 class ServerError(ProviderError):
@@ -156,6 +173,7 @@ class ServerError(ProviderError):
 
     outcome = CallOutcome.SERVER_ERROR
     transient = True
+    trips_circuit = True
 
 
 class ProviderTimeout(ProviderError):
@@ -163,6 +181,7 @@ class ProviderTimeout(ProviderError):
 
     outcome = CallOutcome.TIMEOUT
     transient = True
+    trips_circuit = True
 
 
 class AuthError(ProviderError):

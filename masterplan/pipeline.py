@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from masterplan import admission
+from masterplan import admission, budget
 from masterplan import errors as E
 from masterplan.db import queries as q
 from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, RunStatus, utcnow
@@ -32,14 +32,17 @@ from masterplan.db.session import is_db_unavailable
 from masterplan.llm.base import Completion
 from masterplan.llm.outcomes import SKIPS, CallOutcome
 from masterplan.llm.router import Attempt, reasons
+from masterplan.ratelimit import Reservation
 from masterplan.runtime import Runtime
-from masterplan.settings import Settings
+from masterplan.settings import ProviderConfig, Settings
 from masterplan.stages import JobInput, Pipeline, pipeline
 
 log = logging.getLogger(__name__)
 
 # Back-off between error retries (not rate-limit waits, which use the provider's own wait).
 ERROR_BACKOFF_MS = (2000, 8000)
+# A call that fits the job's ceiling once its other calls in flight settle looks again after this.
+BUDGET_SETTLE_WAIT_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def _deferred_row(exc: E.RetryLater) -> Attempt:
 class Outcome:
     """What a stage's call came to, before it is stored (a plain dict travels in a retry)."""
 
-    kind: str  # succeeded | failed | wait | error_wait | cancelled
+    kind: str  # succeeded | failed | wait | error_wait | cancelled | budget
     claim_id: str
     waiting: bool = False  # this delivery continues a wait: its skips are not new information
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -185,6 +188,7 @@ class Outcome:
     latency_ms: int | None = None
     wait_ms: int = 0
     error: str | None = None
+    held_usd: float = 0.0  # the worst case its calls held against the job's ceiling
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Outcome:
@@ -197,20 +201,25 @@ def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, d
     sd = pipeline()[stage]
     request = sd.build(JobInput(job.idea, job.context), found, rt.settings)
     request = replace(request, tags={**request.tags, "stage": stage, "job_id": job.id},
-                      headroom=rt.settings.fair_headroom if job.lane == admission.MORE else 0.0)
+                      headroom=admission.headroom(rt, job.lane))
     attempts: list[Attempt] = []
     out = Outcome("failed", claim_id, waiting)
 
-    def still_open(n: int) -> None:
-        # The claim just checked the job; later calls (fallback, repair) check again.
-        if n > 0 and _job_closed(rt, job.id):
+    def before_call(n: int, provider: ProviderConfig, reservation: Reservation) -> None:
+        if job.max_cost_usd is not None:
+            # Checks that the job is open too.
+            out.held_usd += _hold(rt, job, provider, reservation, request.max_tokens, attempts)
+        elif n > 0 and _job_closed(rt, job.id):
+            # The claim just checked the job; later calls (fallback, repair) check again.
             raise E.JobClosed(f"job {job.id} is no longer open")
 
     try:
         with rt.leases.hold(claim_id):
-            routed = rt.router.route(request, before_call=still_open, attempts=attempts)
+            routed = rt.router.route(request, before_call=before_call, attempts=attempts)
     except E.JobClosed:
         out.kind, out.error = "cancelled", "job cancelled before this stage's next call"
+    except E.BudgetExceeded as exc:
+        out.kind, out.error = "budget", str(exc)
     except E.RetryLater as exc:
         attempts.append(_deferred_row(exc))
         out.kind, out.wait_ms, out.error = "wait", exc.wait_ms, exc.reason
@@ -232,6 +241,27 @@ def _routed(rt: Runtime, job: Job, stage: str, claim_id: str, found: dict[str, d
         out.provider, out.model, out.latency_ms = c.provider, c.model, c.latency_ms
     out.attempts = [asdict(a) for a in attempts]
     return out
+
+
+def _hold(rt: Runtime, job: Job, provider: ProviderConfig, reservation: Reservation,
+          max_tokens: int, attempts: list[Attempt]) -> float:
+    """Hold the call's worst case against the job's ceiling; returns what was held. Raises
+    JobClosed, BudgetExceeded when it can never fit, RetryLater when it fits once the job's
+    other calls in flight have settled."""
+    usd = budget.call_cost_usd(provider, reservation, max_tokens)
+    with rt.sessions.begin() as s:
+        if q.hold_budget(s, job_id=job.id, usd=usd):
+            return usd
+        if _job_closed(rt, job.id):
+            raise E.JobClosed(f"job {job.id} is no longer open")
+        spent, held = q.job_spend(s, job_id=job.id)
+    ceiling = job.max_cost_usd or 0.0
+    call = f"the next call ({provider.name}, up to {budget.usd(usd)})"
+    if spent + usd > ceiling:
+        raise E.BudgetExceeded(f"{call} would take the job past its ceiling of "
+                               f"{budget.usd(ceiling)} ({budget.usd(spent)} spent)")
+    raise E.RetryLater(BUDGET_SETTLE_WAIT_MS, f"{call} waits for {budget.usd(held)} held by the "
+                       f"job's calls in flight to settle within its ceiling", attempts)
 
 
 def _job_closed(rt: Runtime, job_id: str) -> bool:
@@ -257,6 +287,8 @@ def store(rt: Runtime, job_id: str, stage: str, out: Outcome) -> StepResult:
                     q.record_calls(s, job_id=job_id, stage=stage, attempts=out.attempts)
                 q.release_stage(s, job_id=job_id, stage=stage, claim_id=out.claim_id,
                                 not_before_ms=out.wait_ms)
+                if out.held_usd:
+                    q.release_budget(s, job_id=job_id, usd=out.held_usd)
         else:
             return _finish(rt, p, job_id, stage, out)
     except Exception as exc:
@@ -272,6 +304,8 @@ def _finish(rt: Runtime, p: Pipeline, job_id: str, stage: str, out: Outcome) -> 
         states = q.lock_stage_states(s, job_id=job_id)
         # Every call made is on the ledger, even when another delivery finished the stage first.
         q.record_calls(s, job_id=job_id, stage=stage, attempts=out.attempts)
+        if out.held_usd:
+            q.release_budget(s, job_id=job_id, usd=out.held_usd)
         status = {"succeeded": RunStatus.SUCCEEDED, "cancelled": RunStatus.CANCELLED}.get(
             out.kind, RunStatus.FAILED)
         if not q.finish_stage(s, job_id=job_id, stage=stage, status=status, output=out.output,
@@ -281,11 +315,17 @@ def _finish(rt: Runtime, p: Pipeline, job_id: str, stage: str, out: Outcome) -> 
             return StepResult(stage, states[stage][0])
         if status is RunStatus.CANCELLED:
             return StepResult(stage, status.value)
-        states[stage] = (status.value, out.error)
-        d = decide(p, rt.settings, states)
-        waiting = _conclude(s, job_id, d)
-        # Only the stages this one was needed for became ready just now.
-        result = StepResult(stage, status.value, tuple(n for n in d.ready if stage in p[n].needs))
+        if out.kind == "budget":
+            # The whole job is over its ceiling, not only this stage; what finished is kept.
+            waiting = fail_job(s, job_id, f"budget: {out.error}") and q.any_waiting(s)
+            result = StepResult(stage, status.value)
+        else:
+            states[stage] = (status.value, out.error)
+            d = decide(p, rt.settings, states)
+            waiting = _conclude(s, job_id, d)
+            # Only the stages this one was needed for became ready just now.
+            result = StepResult(stage, status.value,
+                                tuple(n for n in d.ready if stage in p[n].needs))
     return result.with_released(rt, waiting)
 
 

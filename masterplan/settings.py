@@ -16,9 +16,16 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 
 from masterplan.errors import ConfigError
+from masterplan.ratelimit.day import MAX_DAY_LIMIT, check_day_reset
+from masterplan.ratelimit.limiter import LimitCounts
 from masterplan.settings_sources import EnvSettings, Inputs, config_error, reading
 
 ProviderKind = Literal["anthropic", "openai", "stub"]
+# How a provider is asked for output that fits a schema, strongest first (masterplan/llm/
+# structured.py): "json_schema" (response_format with the schema, strict where the provider
+# enforces it), "tool" (Anthropic forced tool use), "json_object" (JSON mode: syntax only, the
+# schema in the prompt), "prompt" (the schema in the prompt only).
+StructuredOutput = Literal["json_schema", "json_object", "tool", "prompt"]
 
 # Celery's time limits (workers/config.py applies them), kept here so that the settings check
 # the LLM timeout against them without importing Celery. Ordered LLM timeout < soft < hard <
@@ -38,20 +45,56 @@ class ProviderDefaults:
     price_out: float  # USD per million output tokens
     tpm: int | None
     rpm: int | None
+    # The strongest structured output the provider offers (`<NAME>_STRUCTURED_OUTPUT`), and
+    # whether its json_schema mode is strict (constrained decoding against the schema).
+    structured_output: StructuredOutput = "json_object"
+    schema_strict: bool = False
+    # Requests and tokens per day (None: no daily cap), when the day resets ("rolling" or the
+    # time zone of its midnight, masterplan/ratelimit/day.py), and whether the provider charges
+    # what a call used or what it reserved (prompt + max_tokens) at admission.
+    rpd: int | None = None
+    tpd: int | None = None
+    day_reset: str = "UTC"
+    limit_counts: LimitCounts = "actual"
 
 
 # Free-tier limits where a free tier exists; prices from the providers' price lists.
+# Daily caps only where the provider documents them for the default model's free tier (a cap
+# set too high only costs the one daily 429 an unset cap costs; one set too low wastes quota):
+# Groq's llama-3.1-8b-instant 14,400 RPD and 500,000 TPD, its day rolling (see ratelimit/day.py);
+# Gemini 2.0 Flash 1,500 RPD in the table its 15 RPM / 1M TPM come from (no TPD), reset at
+# midnight Pacific. Anthropic has no daily cap; OpenAI's depend on the account's usage tier.
+# Settlement: OpenAI documents that its limiter counts max_tokens at admission ("reserved": no
+# refund after the reply); Anthropic estimates output from max_tokens and adjusts it to the
+# tokens really produced at the end ("actual"); Groq and Gemini document nothing else ("actual").
+# Structured output: Anthropic has no JSON mode, forced tool use is its guarantee. OpenAI and
+# Gemini's OpenAI-compatible endpoint take a strict json_schema. Groq serves json_schema on some
+# models only, best effort (strict only on openai/gpt-oss-*, so strict is not sent), and answers
+# the others (the default llama-3.1-8b-instant among them) "This model does not support response
+# format `json_schema`": a 400 that costs no tokens, is retried at once in JSON mode and degrades
+# that model for every worker (structured.ModeMemory). So the default is json_schema, and a
+# Groq model that has it gets it; GROQ_STRUCTURED_OUTPUT=json_object skips the one refused call.
+# Custom providers (an unknown name with a BASE_URL) get JSON mode, which nearly every
+# OpenAI-compatible server has.
 KNOWN_PROVIDERS: dict[str, ProviderDefaults] = {
-    "anthropic": ProviderDefaults("anthropic", "claude-haiku-4-5", None, 0.80, 4.00, 50_000, 50),
+    "anthropic": ProviderDefaults("anthropic", "claude-haiku-4-5", None, 0.80, 4.00, 50_000, 50,
+                                  structured_output="tool"),
     "google": ProviderDefaults(
         "openai", "gemini-2.0-flash",
         "https://generativelanguage.googleapis.com/v1beta/openai/", 0.075, 0.30, 1_000_000, 15,
+        structured_output="json_schema", schema_strict=True,
+        rpd=1_500, day_reset="America/Los_Angeles",
     ),
     "groq": ProviderDefaults(
-        "openai", "llama-3.1-8b-instant", "https://api.groq.com/openai/v1", 0.06, 0.06, 6_000, 30
+        "openai", "llama-3.1-8b-instant", "https://api.groq.com/openai/v1", 0.06, 0.06, 6_000, 30,
+        structured_output="json_schema",
+        rpd=14_400, tpd=500_000, day_reset="rolling",
     ),
-    "openai": ProviderDefaults("openai", "gpt-4o-mini", None, 0.15, 0.60, 200_000, 500),
-    "stub": ProviderDefaults("stub", "stub-1", None, 0.0, 0.0, None, None),
+    "openai": ProviderDefaults("openai", "gpt-4o-mini", None, 0.15, 0.60, 200_000, 500,
+                               structured_output="json_schema", schema_strict=True,
+                               limit_counts="reserved"),
+    "stub": ProviderDefaults("stub", "stub-1", None, 0.0, 0.0, None, None,
+                             structured_output="prompt"),
 }
 DEFAULT_CHAIN = ("anthropic", "google", "groq")
 
@@ -72,6 +115,12 @@ class ProviderConfig:
     burst_tokens: int | None = None
     burst_requests: int | None = None
     latency_ms: int = 0  # the stub's simulated latency
+    structured_output: StructuredOutput = "json_object"
+    schema_strict: bool = False
+    rpd: int | None = None
+    tpd: int | None = None
+    day_reset: str = "UTC"
+    limit_counts: LimitCounts = "actual"
 
     @property
     def has_key(self) -> bool:
@@ -109,6 +158,12 @@ class ProviderEnv(EnvSettings):
     burst_tokens: int | None = Field(None, ge=0)
     burst_requests: int | None = Field(None, ge=0)
     latency_ms: int | None = Field(None, ge=0)
+    structured_output: StructuredOutput | None = None
+    # 0 turns a known default daily cap off.
+    rpd: int | None = Field(None, ge=0, le=MAX_DAY_LIMIT)
+    tpd: int | None = Field(None, ge=0, le=MAX_DAY_LIMIT)
+    day_reset: str | None = None
+    limit_counts: LimitCounts | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -116,6 +171,11 @@ class ProviderEnv(EnvSettings):
         if isinstance(v, str):
             return v.strip() or None
         return v
+
+    @field_validator("day_reset")
+    @classmethod
+    def _a_day_reset(cls, v: str | None) -> str | None:
+        return None if v is None else check_day_reset(v)
 
     def config(self, name: str) -> ProviderConfig:
         """The provider as configured: these values over its known defaults."""
@@ -130,13 +190,30 @@ class ProviderEnv(EnvSettings):
         model = self.model or d.model
         if not model:
             raise ConfigError(f"{prefix}MODEL is required for the custom provider {name!r}")
+        structured = self.structured_output or d.structured_output
+        if structured not in _STRUCTURED_BY_KIND[d.kind]:
+            raise ConfigError(
+                f"{prefix}STRUCTURED_OUTPUT={structured!r} does not apply to {name!r} (a "
+                f"{d.kind} provider): use {' or '.join(_STRUCTURED_BY_KIND[d.kind])}")
         return ProviderConfig(
             name=name, kind=d.kind, model=model, base_url=self.base_url or d.base_url,
             api_key=self.api_key, price_in=_or(self.price_in, d.price_in),
             price_out=_or(self.price_out, d.price_out), tpm=_or(self.tpm, d.tpm),
             rpm=_or(self.rpm, d.rpm), burst_tokens=self.burst_tokens,
             burst_requests=self.burst_requests, latency_ms=_or(self.latency_ms, 0),
+            structured_output=structured, schema_strict=d.schema_strict,
+            rpd=_or(self.rpd, d.rpd) or None, tpd=_or(self.tpd, d.tpd) or None,
+            day_reset=self.day_reset or d.day_reset,
+            limit_counts=self.limit_counts or d.limit_counts,
         )
+
+
+# The structured-output modes each kind of API can send.
+_STRUCTURED_BY_KIND: dict[str, tuple[StructuredOutput, ...]] = {
+    "anthropic": ("tool", "prompt"),
+    "openai": ("json_schema", "json_object", "prompt"),
+    "stub": ("prompt",),
+}
 
 
 def provider_variables(name: str) -> list[str]:
@@ -178,6 +255,12 @@ class Settings(EnvSettings):
 
     llm_providers: str | None = None
     llm_timeout_s: float = Field(60.0, gt=0)
+    # Every call is streamed (masterplan/llm/sdk.py): its reply must begin within
+    # LLM_FIRST_TOKEN_TIMEOUT_S and no gap between its stream events may pass
+    # LLM_STALL_TIMEOUT_S, so a silent provider costs seconds, not LLM_TIMEOUT_S. Both are at
+    # most LLM_TIMEOUT_S (left unset, they shrink to it).
+    llm_first_token_timeout_s: float = Field(10.0, gt=0)
+    llm_stall_timeout_s: float = Field(15.0, gt=0)
     min_personas: int = Field(3, ge=1, le=5)
     persona_max_tokens: int = Field(1200, ge=16)
     synthesis_max_tokens: int = Field(2000, ge=16)
@@ -194,7 +277,10 @@ class Settings(EnvSettings):
     sweep_interval_s: float = Field(10.0, gt=0)
     max_redrives: int = Field(5, ge=1)
     circuit_failures: int = Field(3, ge=1)
-    circuit_open_s: int = Field(30, ge=1)
+    # CIRCUIT_FAILURES transient failures in a row open a provider's circuit for CIRCUIT_OPEN_S,
+    # doubled at each further opening up to CIRCUIT_MAX_OPEN_S (masterplan/llm/cooldowns.py).
+    circuit_open_s: float = Field(30.0, gt=0)
+    circuit_max_open_s: float = Field(600.0, gt=0)
     auth_disable_s: int = Field(3600, ge=1)
     # Event streams (GET /v1/jobs/{id}/events), counted per API process: beyond a cap a new
     # stream gets 429. One watcher per process reads every watched job each STREAM_POLL_S; an
@@ -214,6 +300,11 @@ class Settings(EnvSettings):
     key_max_jobs_in_flight: int = Field(8, ge=1)
     max_jobs_in_flight: int | None = Field(None, ge=1)
     fair_headroom: float = Field(0.2, ge=0, lt=1)
+    fair_window_s: float = Field(600.0, ge=0)
+    # Cost ceilings (masterplan/budget.py): a job's, unless its submission names one (unset: no
+    # ceiling), and a key's spend per UTC day, beyond which its submissions get 429.
+    job_max_cost_usd: float | None = Field(None, gt=0)
+    key_daily_budget_usd: float | None = Field(None, gt=0)
 
     flower_basic_auth: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
@@ -247,6 +338,17 @@ class Settings(EnvSettings):
                 f"LLM_TIMEOUT_S={self.llm_timeout_s:g} must be below the task soft time limit "
                 f"({SOFT_TIME_LIMIT_S} s; hard limit {HARD_TIME_LIMIT_S} s, broker visibility "
                 f"timeout {VISIBILITY_TIMEOUT_S} s)")
+        for name in ("llm_first_token_timeout_s", "llm_stall_timeout_s"):
+            if getattr(self, name) <= self.llm_timeout_s:
+                continue
+            if name not in self.model_fields_set:  # a default above a short LLM_TIMEOUT_S
+                setattr(self, name, self.llm_timeout_s)
+                continue
+            raise ValueError(f"{name.upper()}={getattr(self, name):g} must not be above "
+                             f"LLM_TIMEOUT_S={self.llm_timeout_s:g}")
+        if self.circuit_max_open_s < self.circuit_open_s:
+            raise ValueError(f"CIRCUIT_MAX_OPEN_S={self.circuit_max_open_s:g} must not be below "
+                             f"CIRCUIT_OPEN_S={self.circuit_open_s:g}")
         return self
 
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from masterplan.ratelimit.day import ROLLING, day_bounds_ms
 from testkit.fake_wire import Api, new_id
 
 # ---------------------------------------------------------------- errors
@@ -74,11 +75,26 @@ def style_for(flavor: str, api: Api) -> str:
     return api
 
 
+# Gemini's QuotaFailure of a 429: (quotaMetric, quotaId) by bucket.
+_GOOGLE_QUOTAS = {
+    "tokens": ("generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
+               "GenerateContentInputTokensPerModelPerMinute-FreeTier"),
+    "requests": ("generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                 "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"),
+    "tokens-day": ("generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
+                   "GenerateContentInputTokensPerModelPerDay-FreeTier"),
+    "requests-day": ("generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                     "GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+}
+
+
 def error_body(
     style: str, status: int, message: str | None = None, *, retry_after_s: float | None = None,
-    err_type: str | None = None, code: str | None = None,
+    err_type: str | None = None, code: str | None = None, quota: str = "tokens",
 ) -> dict[str, Any] | list[Any]:
-    """A provider-shaped error body for `status` (`message`/`err_type`/`code` override)."""
+    """A provider-shaped error body for `status` (`message`/`err_type`/`code` override).
+    `quota`: the bucket a Gemini 429 names in its QuotaFailure (tokens, requests, tokens-day,
+    requests-day)."""
     if style == "anthropic":
         etype, msg = _ANTHROPIC_ERRORS.get(status, ("api_error", f"HTTP {status}"))
         return {
@@ -95,16 +111,11 @@ def error_body(
         }
         if status == 429:
             delay = math.ceil(retry_after_s) if retry_after_s is not None else 60
+            metric, quota_id = _GOOGLE_QUOTAS[quota]
             err["details"] = [
                 {
                     "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                    "violations": [
-                        {
-                            "quotaMetric": "generativelanguage.googleapis.com/"
-                            "generate_content_free_tier_input_token_count",
-                            "quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier",
-                        }
-                    ],
+                    "violations": [{"quotaMetric": metric, "quotaId": quota_id}],
                 },
                 {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"},
             ]
@@ -148,6 +159,39 @@ def rate_limit_message(
             "For details, refer to: https://docs.claude.com/en/api/rate-limits."
         )
     per = per.replace("minute", "min")
+    return (
+        f"Rate limit reached for {model} in organization org-fake on {per}: Limit {limit}, "
+        f"Used {used}, Requested {requested}. Please try again in {go_duration(wait_s)}. "
+        "Visit https://platform.openai.com/account/rate-limits to learn more."
+    )
+
+
+def daily_limit_message(
+    style: str, model: str, *, kind: str, limit: int, used: int, requested: int, wait_s: float
+) -> str:
+    """The 429 message of a spent daily quota, in each provider's words."""
+    per = "tokens per day (TPD)" if kind == "tokens" else "requests per day (RPD)"
+    if style == "groq":
+        return (
+            f"Rate limit reached for model `{model}` in organization `org_fake` service tier "
+            f"`on_demand` on {per}: Limit {limit}, Used {used}, Requested {requested}. "
+            f"Please try again in {go_duration(wait_s)}. Need more tokens? Upgrade to Dev Tier "
+            "today at https://console.groq.com/settings/billing"
+        )
+    if style == "gemini":
+        metric = "input_token_count" if kind == "tokens" else "requests"
+        return (
+            "You exceeded your current quota, please check your plan and billing details. "
+            f"* Quota exceeded for metric: generativelanguage.googleapis.com/"
+            f"generate_content_free_tier_{metric}, limit: {limit}, model: {model}\n"
+            f"Please retry in {wait_s:.1f}s."
+        )
+    if style == "anthropic":
+        what = "input tokens per day" if kind == "tokens" else "requests per day"
+        return (
+            f"This request would exceed the rate limit for your organization of {limit} {what}. "
+            "For details, refer to: https://docs.claude.com/en/api/rate-limits."
+        )
     return (
         f"Rate limit reached for {model} in organization org-fake on {per}: Limit {limit}, "
         f"Used {used}, Requested {requested}. Please try again in {go_duration(wait_s)}. "
@@ -200,16 +244,18 @@ class BucketState:
 
 
 class Bucket:
-    """A per-minute token bucket with continuous refill, on `time.monotonic`.
+    """A token bucket with continuous refill, `limit` per `period_s` (a minute unless said; a
+    rolling day is 86,400 s), on `time.monotonic`.
 
     Not locked: its owner holds one lock around every use, so admission of tokens and requests
     is one atomic step.
     """
 
-    def __init__(self, per_minute: int, capacity: int | None = None) -> None:
+    def __init__(self, per_minute: int, capacity: int | None = None, *,
+                 period_s: float = 60.0) -> None:
         self.limit = per_minute
         self.capacity = capacity if capacity is not None else per_minute
-        self.rate = per_minute / 60.0  # per second
+        self.rate = per_minute / period_s  # per second
         self.level = float(self.capacity)
         self.stamp = time.monotonic()
 
@@ -227,6 +273,45 @@ class Bucket:
     def state(self) -> BucketState:
         reset = (self.capacity - self.level) / self.rate if self.rate > 0 else 0.0
         return BucketState(self.limit, max(0, math.floor(self.level)), max(0.0, reset))
+
+
+class DayWindow:
+    """A fixed daily window: `limit` a day, full again at midnight in the zone `day_reset`, on
+    the wall clock (the `now` its owner passes, a monotonic time, is not used).
+
+    Not locked, like `Bucket`; the same surface (`level`, `capacity`, `refill`, `wait_for`,
+    `state`) so that the owner admits a call into it the same way.
+    """
+
+    def __init__(self, limit: int, day_reset: str = "UTC") -> None:
+        self.limit = self.capacity = limit
+        self.day_reset = day_reset
+        self.level = float(limit)
+        self.ends = day_bounds_ms(day_reset, int(time.time() * 1000))[1] / 1000
+
+    def refill(self, now: float | None = None) -> None:
+        wall = time.time()
+        if wall >= self.ends:
+            self.level = float(self.capacity)
+            self.ends = day_bounds_ms(self.day_reset, int(wall * 1000))[1] / 1000
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` fits: 0 now, the rest of the day, or inf if it never can."""
+        if amount > self.capacity:
+            return math.inf
+        return 0.0 if self.level >= amount else max(0.0, self.ends - time.time())
+
+    def state(self) -> BucketState:
+        reset = max(0.0, self.ends - time.time()) if self.level < self.capacity else 0.0
+        return BucketState(self.limit, max(0, math.floor(self.level)), reset)
+
+
+def day_bucket(limit: int, day_reset: str) -> Bucket | DayWindow:
+    """The bucket of a daily cap: refilled continuously ("rolling", as Groq counts) or a fixed
+    window reset at midnight in the zone `day_reset` (as Gemini does, at Pacific midnight)."""
+    if day_reset == ROLLING:
+        return Bucket(limit, period_s=86_400.0)
+    return DayWindow(limit, day_reset)
 
 
 def limit_headers(

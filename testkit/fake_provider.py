@@ -12,10 +12,26 @@ and 429 bodies; fault injection (`fail_next`, `set_mode`, `fail_stream_after`, `
 seeded random faults (`error_rate`: 500/503, or 500/529 in the Anthropic style; `truncate_rate`:
 a 200 whose content is cut in the middle, its tokens still charged).
 
+Structured output is honest (`fake_wire.default_responder`): only a request that carries a
+schema (`response_format: json_schema`, a forced tool's `input_schema`) gets an answer that fits
+it; JSON mode gets some JSON object, no response_format gets prose, whatever the prompt says.
+`json_schema_unsupported` answers json_schema requests 400, as a model without structured
+outputs does; `ignore_instructions` answers even those with JSON that fits no schema.
+
+Daily caps (`rpd`, `tpd`) add a day bucket each, counted as `day_reset` says ("rolling", as
+Groq's day refills, or a fixed window reset at midnight in a zone: "UTC", or
+"America/Los_Angeles" as Gemini's): past one, the 429 names the day in each provider's words
+(Groq's "requests per day (RPD)", Gemini's PerDay quotaId, ...), and a groq-flavoured fake's
+`x-ratelimit-*-requests` headers describe its requests per day, as Groq's do. `limit_counts`
+says how a call is settled: "actual" (admission charges prompt + max_tokens, the reply refunds
+what it did not use) or "reserved" (the admission charge is kept, as OpenAI counts max_tokens).
+
 As a separate process (prints `READY <url>`, serves until SIGTERM):
 
     python -m testkit.fake_provider --port 0 --tpm 6000 --rpm 30 --flavor groq \
-        --error-rate 0.3 --truncate-rate 0.2 --seed 7
+        --error-rate 0.3 --truncate-rate 0.2 --seed 7 [--json-schema-unsupported] \
+        [--ignore-instructions] [--rpd 14400 --tpd 500000 --day-reset rolling] \
+        [--limit-counts reserved]
 
 and is driven over HTTP: `GET /_fake/stats`, `POST /_fake/reset`, `POST /_fake/fail_next`,
 `POST /_fake/mode`, `POST /_fake/consume`, `POST /_fake/latency`, `POST /_fake/fail_stream_after`,
@@ -42,8 +58,11 @@ from testkit.fake_http import FakeHandler, FakeServer, Hangup, Traffic, handler_
 from testkit.fake_limits import (
     Bucket,
     BucketState,
+    DayWindow,
     Draw,
     Faults,
+    daily_limit_message,
+    day_bucket,
     error_body,
     limit_headers,
     rate_limit_message,
@@ -63,6 +82,7 @@ from testkit.fake_wire import (
     default_responder,
     make_reply,
     new_id,
+    off_schema_answer,
     openai_chunks,
     openai_completion,
     parse_anthropic,
@@ -74,6 +94,16 @@ __all__ = ["FakeCall", "FakePrompt", "FakeProvider", "Mode", "Responder", "defau
 
 Mode = Literal["ok", "down", "invalid_json", "hang"]
 MODES: tuple[str, ...] = ("ok", "down", "invalid_json", "hang")
+
+
+# What each provider answers (400) to response_format json_schema on a model without it.
+_NO_JSON_SCHEMA = {
+    "openai": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with "
+              "this model.",
+    "groq": "This model does not support response format `json_schema`. See supported models at "
+            "https://console.groq.com/docs/structured-outputs#supported-models",
+    "gemini": "response_format json_schema is not supported by this model",
+}
 
 
 @dataclass(slots=True)
@@ -91,6 +121,7 @@ class FakeCall:
     at: float  # time.monotonic() on arrival
     client_port: int = 0
     fault: str | None = None  # "error" or "truncated" when a random fault hit it
+    charged: int = 0  # tokens the buckets were finally charged for it (a 200 only)
 
 
 @dataclass(slots=True)
@@ -122,9 +153,19 @@ class FakeProvider:
         error_rate: float = 0.0,
         truncate_rate: float = 0.0,
         seed: int | None = None,
+        json_schema_unsupported: bool = False,
+        ignore_instructions: bool = False,
+        rpd: int | None = None,
+        tpd: int | None = None,
+        day_reset: str = "UTC",
+        limit_counts: Literal["actual", "reserved"] = "actual",
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
+        if limit_counts not in ("actual", "reserved"):
+            raise ValueError(f"limit_counts must be 'actual' or 'reserved', not {limit_counts!r}")
+        self.rpd, self.tpd, self.day_reset = rpd, tpd, day_reset
+        self.limit_counts = limit_counts
         self.flavor: Flavor = flavor
         self.tpm, self.rpm = tpm, rpm
         self.burst_tokens, self.burst_requests = burst_tokens, burst_requests
@@ -135,6 +176,10 @@ class FakeProvider:
         self.default_max_tokens = default_max_tokens  # charged when a request names none
         self.chunk_chars = chunk_chars
         self.hang_s = hang_s
+        # A model without structured outputs: json_schema requests are a 400 (JSON mode works).
+        self.json_schema_unsupported = json_schema_unsupported
+        # A model that ignores formatting: a schema or forced tool still gets off-schema JSON.
+        self.ignore_instructions = ignore_instructions
         self._host, self._port = host, port
         self._lock = threading.Lock()
         self._calls: list[FakeCall] = []
@@ -147,6 +192,8 @@ class FakeProvider:
         self.traffic = Traffic()
         self._tokens: Bucket | None = None
         self._requests: Bucket | None = None
+        self._day_tokens: Bucket | DayWindow | None = None
+        self._day_requests: Bucket | DayWindow | None = None
         self._refill_buckets()
         self._server: FakeServer | None = None
         self._thread: threading.Thread | None = None
@@ -249,9 +296,10 @@ class FakeProvider:
         The bucket may go below zero; it then needs longer to refill. No-op without `tpm`.
         """
         with self._lock:
-            if self._tokens is not None:
-                self._tokens.refill(time.monotonic())
-                self._tokens.level -= tokens
+            for bucket in (self._tokens, self._day_tokens):
+                if bucket is not None:
+                    bucket.refill(time.monotonic())
+                    bucket.level -= tokens
 
     def reset(self) -> None:
         """Forget calls, counters, queued failures, stream breaks and mode; refill the buckets.
@@ -293,6 +341,12 @@ class FakeProvider:
                 "tokens_admitted": self._tokens_admitted,
                 "mode": self._mode,
                 "faults": self._faults.state(),
+                "json_schema_unsupported": self.json_schema_unsupported,
+                "ignore_instructions": self.ignore_instructions,
+                "limit_counts": self.limit_counts,
+                "day": {kind: None if b is None else math.floor(b.level)
+                        for kind, b in (("tokens", self._day_tokens),
+                                        ("requests", self._day_requests))},
             }
         return mine | self.traffic.state()
 
@@ -301,6 +355,8 @@ class FakeProvider:
     def _refill_buckets(self) -> None:
         self._tokens = Bucket(self.tpm, self.burst_tokens) if self.tpm else None
         self._requests = Bucket(self.rpm, self.burst_requests) if self.rpm else None
+        self._day_tokens = day_bucket(self.tpd, self.day_reset) if self.tpd else None
+        self._day_requests = day_bucket(self.rpd, self.day_reset) if self.rpd else None
 
     def _kick(self) -> None:
         wake, self._wake = self._wake, threading.Event()
@@ -313,20 +369,25 @@ class FakeProvider:
     def _states(self) -> tuple[BucketState | None, BucketState | None]:
         """Bucket states for the headers; call with the lock held."""
         now = time.monotonic()
-        for b in (self._tokens, self._requests):
+        for b in (self._tokens, self._requests, self._day_tokens, self._day_requests):
             if b is not None:
                 b.refill(now)
+        # Groq's x-ratelimit-*-requests are always about its requests per day.
+        requests = self._day_requests if self.flavor == "groq" and self._day_requests else \
+            self._requests
         return (
             self._tokens.state() if self._tokens else None,
-            self._requests.state() if self._requests else None,
+            requests.state() if requests else None,
         )
 
     def _admit(self, need: int) -> tuple[str, float, int, int, int] | None:
         """Charge `need` tokens and one request, or say what does not fit: (kind, wait_s,
         limit, used, requested). Call with the lock held."""
         now = time.monotonic()
-        waits: list[tuple[float, str, Bucket, int]] = []
-        for kind, bucket, amount in (("tokens", self._tokens, need), ("requests", self._requests, 1)):
+        waits: list[tuple[float, str, Bucket | DayWindow, int]] = []
+        for kind, bucket, amount in (("tokens", self._tokens, need), ("requests", self._requests, 1),
+                                     ("tokens-day", self._day_tokens, need),
+                                     ("requests-day", self._day_requests, 1)):
             if bucket is not None:
                 bucket.refill(now)
                 wait = bucket.wait_for(amount)
@@ -336,21 +397,27 @@ class FakeProvider:
             wait, kind, bucket, amount = max(waits, key=lambda w: w[0])
             used = max(0, round(bucket.capacity - bucket.level))
             return kind, wait, bucket.limit, used, amount
+        for day, amount in ((self._day_tokens, need), (self._day_requests, 1)):
+            if day is not None:
+                day.level -= amount
         if self._tokens is not None:
             self._tokens.level -= need
         if self._requests is not None:
             self._requests.level -= 1
         return None
 
-    def _settle(self, charged: int, actual: int) -> None:
-        """Correct an admission charge to the tokens really used (refund or extra)."""
+    def _settle(self, charged: int, actual: int, *, answered: bool = True) -> int:
+        """Correct an admission charge to the tokens really used (refund or extra); with
+        `limit_counts="reserved"` an answered call keeps its admission charge (no refund, extra
+        still charged). Returns the tokens finally charged."""
+        final = max(charged, actual) if answered and self.limit_counts == "reserved" else actual
         with self._lock:
-            if self._tokens is not None:
-                self._tokens.refill(time.monotonic())
-                self._tokens.level = min(
-                    float(self._tokens.capacity), self._tokens.level + charged - actual
-                )
+            for bucket in (self._tokens, self._day_tokens):
+                if bucket is not None:
+                    bucket.refill(time.monotonic())
+                    bucket.level = min(float(bucket.capacity), bucket.level + charged - final)
             self._tokens_admitted += actual
+        return final
 
     def _record(self, call: FakeCall) -> None:
         with self._lock:
@@ -372,7 +439,14 @@ class FakeProvider:
         if refused is None:
             return 0, None, None
         kind, wait, limit, used, requested = refused
+        daily, kind = kind.endswith("-day"), kind.removesuffix("-day")
         err_type = kind if style in ("openai", "groq") else None
+        if daily and not math.isinf(wait):
+            msg = daily_limit_message(style, prompt.model, kind=kind, limit=limit, used=used,
+                                      requested=requested, wait_s=wait)
+            quota = f"{kind}-day"
+            return 429, error_body(style, 429, msg, retry_after_s=wait, err_type=err_type,
+                                   quota=quota), wait
         if math.isinf(wait):  # larger than the bucket: it will never fit
             status = 413 if style == "groq" else 429
             msg = too_large_message(style, prompt.model, limit=limit, requested=requested)
@@ -380,7 +454,8 @@ class FakeProvider:
         msg = rate_limit_message(
             style, prompt.model, kind=kind, limit=limit, used=used, requested=requested, wait_s=wait
         )
-        return 429, error_body(style, 429, msg, retry_after_s=wait, err_type=err_type), wait
+        return 429, error_body(style, 429, msg, retry_after_s=wait, err_type=err_type,
+                               quota=kind), wait
 
     def _failure_body(self, style: str, prompt: FakePrompt, failure: _Failure) -> Any:
         if failure.body is not None:
@@ -446,6 +521,9 @@ class FakeProvider:
             prompt = parse_anthropic(body) if api == "anthropic" else parse_openai(body)
         except BadRequest as exc:
             return fail(400, error_body(style, 400, str(exc), code="invalid_request"))
+        if self.json_schema_unsupported and prompt.json_mode == "json_schema":
+            return fail(400, error_body(style, 400, _NO_JSON_SCHEMA.get(style, _NO_JSON_SCHEMA[
+                "openai"]), err_type="invalid_request_error"))
         call.input_tokens = tokens_of(prompt.input_chars)
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
@@ -461,12 +539,15 @@ class FakeProvider:
         if status:
             return fail(status, err, wait)
         try:
-            answer = self.responder(prompt)
+            if self.ignore_instructions and prompt.wants_json:
+                answer: str | dict[str, Any] = off_schema_answer(prompt)
+            else:
+                answer = self.responder(prompt)
             reply = make_reply(prompt, answer, invalid_json=mode == "invalid_json", cut=draw.cut)
         except Exception as exc:  # noqa: BLE001 - a broken responder is a 500, like a provider bug
-            self._settle(need, 0)
+            self._settle(need, 0, answered=False)
             return fail(500, error_body(style, 500, f"responder failed: {exc!r}"))
-        self._settle(need, reply.input_tokens + reply.output_tokens)
+        call.charged = self._settle(need, reply.input_tokens + reply.output_tokens)
         call.output_tokens, call.status = reply.output_tokens, 200
         with self._lock:
             if draw.cut:
@@ -528,6 +609,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--truncate-rate", type=float, default=0.0,
                    help="share of answered requests whose content is cut in the middle")
     p.add_argument("--seed", type=int, default=None, help="seed of the random faults")
+    p.add_argument("--json-schema-unsupported", action="store_true",
+                   help="answer response_format json_schema with a 400 (JSON mode still works)")
+    p.add_argument("--ignore-instructions", action="store_true",
+                   help="answer even a schema or a forced tool with JSON that fits no schema")
+    p.add_argument("--rpd", type=int, default=None, help="requests per day")
+    p.add_argument("--tpd", type=int, default=None, help="tokens per day")
+    p.add_argument("--day-reset", default="UTC",
+                   help="'rolling', or the time zone of the midnight the day resets at")
+    p.add_argument("--limit-counts", choices=("actual", "reserved"), default="actual",
+                   help="reserved: charge prompt + max_tokens at admission and never refund")
     a = p.parse_args(argv)
     try:
         fake = FakeProvider(
@@ -535,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
             burst_requests=a.burst_requests, api_key=a.api_key, latency_s=a.latency_s,
             port=a.port, host=a.host, chunk_chars=a.chunk_chars, error_rate=a.error_rate,
             truncate_rate=a.truncate_rate, seed=a.seed,
+            json_schema_unsupported=a.json_schema_unsupported,
+            ignore_instructions=a.ignore_instructions, rpd=a.rpd, tpd=a.tpd,
+            day_reset=a.day_reset, limit_counts=a.limit_counts,
         )
     except ValueError as exc:
         p.error(str(exc))

@@ -22,7 +22,8 @@ Api = Literal["openai", "anthropic"]
 Flavor = Literal["openai", "groq", "gemini", "anthropic"]
 FLAVORS: tuple[str, ...] = ("openai", "groq", "gemini", "anthropic")
 
-_SCHEMA = re.compile(r"Schema name: (\w+)")
+# Only for the wording of an answer (which idea it talks about), never for whether it fits a
+# schema: that is decided by the request's own structured-output parameters.
 _IDEA = re.compile(r"Startup idea:\n(.+?)(?:\n\n|$)", re.DOTALL)
 
 
@@ -48,10 +49,14 @@ class FakePrompt:
     messages: list[tuple[str, str]]  # (role, text)
     max_tokens: int | None
     stream: bool
-    # "json_object" (OpenAI JSON mode or json_schema), "tool" (Anthropic forced tool) or None.
+    # What the request itself demands: "json_schema" (OpenAI response_format with a schema),
+    # "json_object" (JSON mode: any JSON object), "tool" (Anthropic forced tool use) or None.
     json_mode: str | None = None
     tool_name: str | None = None
-    schema_name: str | None = None  # from a "Schema name: X" line in the system prompt
+    # The schema sent in those parameters (json_schema's, or the forced tool's input_schema),
+    # and its name; a schema named only in the prompt is not one.
+    schema: dict[str, Any] | None = None
+    schema_name: str | None = None
     body: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -64,7 +69,20 @@ class FakePrompt:
 
     @property
     def wants_json(self) -> bool:
-        return self.json_mode is not None or self.schema_name is not None
+        """The request demands JSON (JSON mode, a schema or a forced tool)."""
+        return self.json_mode is not None
+
+    @property
+    def wants_schema(self) -> bool:
+        """The request carries a schema the answer must fit (json_schema or a forced tool)."""
+        return self.json_mode in ("json_schema", "tool") and self.schema is not None
+
+    @property
+    def idea(self) -> str:
+        """What the conversation is about, for the wording of an answer."""
+        m = _IDEA.search(self.user_text)
+        idea = (m.group(1) if m else self.user_text).strip()
+        return (idea.splitlines()[0] if idea else "the idea")[:120]
 
 
 # A responder returns the reply text, or a JSON object (sent as text in JSON mode, as the tool
@@ -115,11 +133,22 @@ def parse_openai(body: dict[str, Any]) -> FakePrompt:
             turns.append((role, text))
     system = "\n".join(system_parts)
     fmt = body.get("response_format") or {}
-    json_mode = "json_object" if fmt.get("type") in ("json_object", "json_schema") else None
-    schema = _SCHEMA.search(system)
-    schema_name = schema.group(1) if schema else None
-    if schema_name is None and fmt.get("type") == "json_schema":
-        schema_name = (fmt.get("json_schema") or {}).get("name")
+    if not isinstance(fmt, dict):
+        raise BadRequest("'response_format' must be an object")
+    json_mode: str | None = None
+    schema: dict[str, Any] | None = None
+    schema_name: str | None = None
+    if fmt.get("type") == "json_object":
+        json_mode = "json_object"
+    elif fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not spec.get("name"):
+            raise BadRequest("response_format.json_schema: 'name' is required")
+        if not isinstance(spec.get("schema"), dict):
+            raise BadRequest("response_format.json_schema: 'schema' must be an object")
+        json_mode, schema, schema_name = "json_schema", spec["schema"], str(spec["name"])
+    elif fmt.get("type") not in (None, "text"):
+        raise BadRequest(f"response_format.type: unknown value {fmt.get('type')!r}")
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     return FakePrompt(
         api="openai",
@@ -129,6 +158,7 @@ def parse_openai(body: dict[str, Any]) -> FakePrompt:
         max_tokens=int(max_tokens) if max_tokens else None,
         stream=bool(body.get("stream")),
         json_mode=json_mode,
+        schema=schema,
         schema_name=schema_name,
         body=body,
     )
@@ -144,14 +174,17 @@ def parse_anthropic(body: dict[str, Any]) -> FakePrompt:
     turns = [(str(m.get("role", "user")), _text_of(m.get("content"))) for m in messages]
     tools = body.get("tools") or []
     choice = body.get("tool_choice") or {}
-    tool_name = None
+    tool: dict[str, Any] | None = None
     if tools and choice.get("type") == "tool":
-        tool_name = choice.get("name")
-        if tool_name not in {t.get("name") for t in tools}:
-            raise BadRequest(f"tool_choice: tool '{tool_name}' not found in 'tools'")
+        tool = next((t for t in tools if t.get("name") == choice.get("name")), None)
+        if tool is None:
+            raise BadRequest(f"tool_choice: tool '{choice.get('name')}' not found in 'tools'")
     elif tools and choice.get("type") == "any":
-        tool_name = tools[0].get("name")
-    schema = _SCHEMA.search(system)
+        tool = tools[0]
+    tool_name = tool.get("name") if tool is not None else None
+    schema = tool.get("input_schema") if tool is not None else None
+    if tool is not None and not isinstance(schema, dict):
+        raise BadRequest(f"tools.0.input_schema: Field required (tool '{tool_name}')")
     return FakePrompt(
         api="anthropic",
         model=str(body.get("model") or "fake-model"),
@@ -161,28 +194,86 @@ def parse_anthropic(body: dict[str, Any]) -> FakePrompt:
         stream=bool(body.get("stream")),
         json_mode="tool" if tool_name else None,
         tool_name=tool_name,
-        schema_name=schema.group(1) if schema else (tool_name or None),
+        schema=schema,
+        schema_name=tool_name,
         body=body,
     )
 
 
 def default_responder(prompt: FakePrompt) -> str | dict[str, Any]:
-    """Schema-valid JSON from the project's stub when JSON is wanted, else a short text.
+    """An honest model: only what the request itself demands, whatever its prompt asks for.
 
-    JSON is wanted in JSON mode, with forced tool use, or when the system prompt names a schema
-    (as a real model follows "respond with one JSON object" in its prompt).
+    * a schema in the request (response_format json_schema, a forced tool's input_schema): an
+      object that fits that schema;
+    * JSON mode without a schema: some valid JSON object, not shaped by any schema named in the
+      prompt (a small model that follows formatting instructions loosely);
+    * nothing demanded: prose.
     """
+    if prompt.wants_schema:
+        return schema_answer(prompt)
+    if prompt.wants_json:
+        return off_schema_answer(prompt)
+    return f"Thinking about '{prompt.idea}': start with the customer, then the product."
+
+
+def off_schema_answer(prompt: FakePrompt) -> dict[str, Any]:
+    """A plausible JSON answer that follows no schema (what a model ignoring one returns)."""
+    return {
+        "answer": f"A considered answer about '{prompt.idea}'.",
+        "highlights": ["start with one customer segment", "prove retention before scale"],
+        "confidence": "medium",
+    }
+
+
+def schema_answer(prompt: FakePrompt) -> dict[str, Any]:
+    """An object that fits the schema sent. For the project's own schemas the stub's answer
+    (realistic wording and size) when it fits the schema's properties, else one built from it."""
     from masterplan.llm.stub import fake_output
 
-    m = _IDEA.search(prompt.user_text)
-    idea = (m.group(1) if m else prompt.user_text).strip()
-    idea = (idea.splitlines()[0] if idea else "the idea")[:120]
-    if prompt.wants_json:
-        try:
-            return fake_output(prompt.schema_name or "", prompt.system, prompt.user_text)
-        except ValueError:
-            return {"answer": f"A considered answer about '{idea}'."}
-    return f"Thinking about '{idea}': start with the customer, then the product."
+    schema = prompt.schema or {}
+    try:
+        answer = fake_output(prompt.schema_name or "", prompt.system, prompt.user_text)
+    except ValueError:
+        answer = None
+    if answer is not None and set(answer) == set(schema.get("properties", {})):
+        return answer
+    value = from_schema(schema, prompt.idea)
+    return value if isinstance(value, dict) else {"answer": value}
+
+
+def from_schema(schema: dict[str, Any], idea: str) -> Any:
+    """A value valid for `schema` (JSON Schema: $ref/$defs, anyOf, enum, const, objects, arrays,
+    bounds when given); strings talk about `idea`."""
+    defs = schema.get("$defs", {})
+
+    def value(s: dict[str, Any], name: str) -> Any:
+        if "$ref" in s:
+            return value(defs[s["$ref"].rsplit("/", 1)[-1]], name)
+        if "anyOf" in s:
+            return value(next((o for o in s["anyOf"] if o.get("type") != "null"), {}), name)
+        if "allOf" in s:
+            return value({k: v for part in s["allOf"] for k, v in part.items()}, name)
+        if "const" in s:
+            return s["const"]
+        if s.get("enum"):
+            return s["enum"][0]
+        t = s.get("type")
+        if isinstance(t, list):
+            t = next((x for x in t if x != "null"), None)
+        if t == "object":
+            return {k: value(v, k) for k, v in s.get("properties", {}).items()}
+        if t == "array":
+            return [value(s.get("items", {}), name) for _ in range(max(1, s.get("minItems", 1)))]
+        if t in ("integer", "number"):
+            low, high = s.get("minimum", 0), s.get("maximum", 1)
+            return low if t == "integer" else (low + high) / 2
+        if t == "boolean":
+            return True
+        if t == "null":
+            return None
+        return f"{name.replace('_', ' ')} for '{idea}'"
+
+    return value(schema, "answer")
 
 
 # ---------------------------------------------------------------- replies

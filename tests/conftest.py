@@ -89,9 +89,9 @@ def redis_client(redis_url: str) -> Iterator[Any]:
 
 
 def _forget_limits(client: Any) -> None:
-    # Only this run's buckets and cooldowns: flushing the database would also drop kombu's
-    # queue bindings under a running worker.
-    for pattern in (f"{RUN_PREFIX}:rl:*", f"{RUN_PREFIX}:cd:*"):
+    # Only this run's buckets, cooldowns and learnt structured-output modes: flushing the
+    # database would also drop kombu's queue bindings under a running worker.
+    for pattern in (f"{RUN_PREFIX}:rl:*", f"{RUN_PREFIX}:cd:*", f"{RUN_PREFIX}:so:*"):
         keys = list(client.scan_iter(pattern, count=1000))
         if keys:
             client.delete(*keys)

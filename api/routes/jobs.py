@@ -31,13 +31,13 @@ from api.validation import (
     ContextLimits,
     context_problem,
 )
-from masterplan import admission
+from masterplan import admission, budget
 from masterplan import pipeline as pipeline_steps
 from masterplan.db import queries as q
 from masterplan.db.models import Job, StageRun, utcnow
 from masterplan.runtime import Runtime
 from masterplan.settings import provider_chain
-from masterplan.stages import Kind, Pipeline, pipeline
+from masterplan.stages import JobInput, Kind, Pipeline, pipeline
 
 log = logging.getLogger(__name__)
 # Authenticated before the body is read: a caller without a key costs no parsing.
@@ -67,12 +67,14 @@ def job_public(session: Session, job: Job, primary: str) -> JobPublic:
         "input_tokens": sum(r["input_tokens"] for r in by_stage),
         "output_tokens": sum(r["output_tokens"] for r in by_stage),
         "cost_usd": round(sum(r["cost_usd"] for r in by_stage), 6),
+        "wasted_cost_usd": round(sum(r["wasted_cost_usd"] for r in by_stage), 6),
         "wait_ms": sum(r["wait_ms"] for r in by_stage),
     }
     synthesis, critique = named.get("synthesis"), named.get("critique")
     return JobPublic(
         **JobSummary.model_validate(job, from_attributes=True).model_dump(),
         context=job.context,
+        max_cost_usd=job.max_cost_usd,
         admitted_at=job.admitted_at,
         started_at=job.started_at,
         personas=[PersonaPublic(persona=st.stage, **st.model_dump(exclude={"stage", "title", "kind"}))
@@ -102,7 +104,8 @@ JobBody = Annotated[JobCreate, Body(openapi_examples=EXAMPLES)]
 
 
 def _replay(job: Job, body: JobCreate) -> None:
-    if job.idea != body.idea or (job.context or None) != (body.context or None):
+    if job.idea != body.idea or (job.context or None) != (body.context or None) \
+            or (body.max_cost_usd is not None and job.max_cost_usd != body.max_cost_usd):
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"Idempotency-Key was already used for job {job.id} with a different idea or "
@@ -110,39 +113,78 @@ def _replay(job: Job, body: JobCreate) -> None:
         )
 
 
+def _refuse(loc: tuple[str | int, ...], message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message}])
+
+
 def _check_context(body: JobCreate, rt: Runtime) -> None:
     if body.context is None:
         return
     found = context_problem(body.context, ContextLimits.of(rt.settings))
     if found is not None:
-        loc, message = found
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message}])
+        raise _refuse(*found)
+
+
+def _check_ceiling(body: JobCreate, rt: Runtime) -> float | None:
+    """The job's ceiling, if its estimate fits it."""
+    ceiling = budget.job_ceiling(rt.settings, body.max_cost_usd)
+    if ceiling is None:
+        return None
+    estimate = budget.estimate_job_usd(rt.settings, JobInput(body.idea, body.context))
+    if estimate > ceiling:
+        named = "max_cost_usd" if body.max_cost_usd is not None else "JOB_MAX_COST_USD"
+        raise _refuse(("max_cost_usd",), (
+            f"the job is estimated at {budget.usd(estimate)} (one pass of every stage on "
+            f"{_primary(rt)} at its reservations), above {named}={budget.usd(ceiling)}; raise it "
+            f"to at least {budget.usd(estimate)}"))
+    return ceiling
+
+
+def _key_limit(session: Session, rt: Runtime, owner: str) -> HTTPException | None:
+    """The 429 a new submission of this key gets, if any: KEY_SUBMISSIONS_PER_MIN, then
+    KEY_DAILY_BUDGET_USD (the ledger's spend of the key's jobs since UTC midnight)."""
+    wait = admission.retry_after_s(session, rt.settings, owner)
+    if wait is not None:
+        return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                             f"this API key submitted {rt.settings.key_submissions_per_min} jobs in "
+                             f"the last minute (KEY_SUBMISSIONS_PER_MIN); retry in {wait} s",
+                             headers={"Retry-After": str(wait)})
+    cap = rt.settings.key_daily_budget_usd
+    if cap is None:
+        return None
+    now = utcnow()
+    spent = q.owner_spend_since(session, owner=owner,
+                                since=now.replace(hour=0, minute=0, second=0, microsecond=0))
+    if spent < cap:
+        return None
+    reset = budget.next_utc_midnight(now)
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                         f"this API key has spent {budget.usd(spent)} today (KEY_DAILY_BUDGET_USD="
+                         f"{budget.usd(cap)}); submissions are accepted again at {reset.isoformat()}",
+                         headers={"Retry-After": str(max(1, int((reset - now).total_seconds())))})
 
 
 class _Replay(Exception):
     """The submission is a retry of one already stored (its Idempotency-Key is taken)."""
 
 
-def _create(rt: Runtime, owner: str, body: JobBody, key: str | None) -> Job:
+def _create(rt: Runtime, owner: str, body: JobBody, key: str | None,
+            ceiling: float | None) -> Job:
     """Store the job, in flight at once or waiting for a slot (masterplan/admission.py). A key
     older than IDEMPOTENCY_TTL_S has expired: it is taken from the job that had it (which keeps
     everything else) and given to this one."""
     for last_try in (False, True):
         try:
             with rt.sessions.begin() as session:
-                wait = admission.retry_after_s(session, rt.settings, owner)
-                if wait is not None:
+                limited = _key_limit(session, rt, owner)
+                if limited is not None:
                     if key is not None and q.job_by_idempotency_key(session, owner=owner, key=key):
                         raise _Replay  # a retry is answered, never limited
-                    raise HTTPException(
-                        status.HTTP_429_TOO_MANY_REQUESTS,
-                        f"this API key submitted {rt.settings.key_submissions_per_min} jobs in the "
-                        f"last minute (KEY_SUBMISSIONS_PER_MIN); retry in {wait} s",
-                        headers={"Retry-After": str(wait)})
+                    raise limited
                 slot = admission.slot_for_new_job(session, rt.settings, owner)
                 return q.create_job(session, owner=owner, idea=body.idea, context=body.context,
                                     deadline_s=rt.settings.job_deadline_s, idempotency_key=key,
-                                    admitted=slot.admitted, lane=slot.lane)
+                                    admitted=slot.admitted, lane=slot.lane, max_cost_usd=ceiling)
         except IntegrityError:
             if key is None or last_try:
                 raise
@@ -159,9 +201,9 @@ def _create(rt: Runtime, owner: str, body: JobBody, key: str | None) -> Job:
           "description": "A retry with the same Idempotency-Key and body: the first job."},
     409: {"description": "The Idempotency-Key was used with another body, or its first "
           "request is still being stored."},
-    429: {"description": "This API key submitted KEY_SUBMISSIONS_PER_MIN jobs in the last minute; "
-          "`Retry-After` says when the next one is accepted. A retry of a stored submission (same "
-          "Idempotency-Key) is answered, never limited."},
+    429: {"description": "This API key submitted KEY_SUBMISSIONS_PER_MIN jobs in the last minute, "
+          "or spent KEY_DAILY_BUDGET_USD today; `Retry-After` says when the next one is accepted. "
+          "A retry of a stored submission (same Idempotency-Key) is answered, never limited."},
 })
 def submit(body: JobBody, owner: OwnerDep, rt: RuntimeDep, response: Response,
            idempotency_key: IdempotencyKey = None) -> JobPublic:
@@ -172,8 +214,9 @@ def submit(body: JobBody, owner: OwnerDep, rt: RuntimeDep, response: Response,
     from tasks.pipeline import enqueue
 
     _check_context(body, rt)
+    ceiling = _check_ceiling(body, rt)
     try:
-        job = _create(rt, owner, body, idempotency_key)
+        job = _create(rt, owner, body, idempotency_key, ceiling)
     except (IntegrityError, _Replay):
         if idempotency_key is None:
             raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter
 
@@ -28,9 +28,14 @@ def providers(_: OwnerDep, rt: RuntimeDep) -> ProviderList:
         bucket = None
         if router_.limiter.limits_for(name) is not None:
             b = router_.limiter.status(name)
-            bucket = BucketPublic(tokens=b.tokens, token_capacity=b.token_capacity,
-                                  requests=b.requests, request_capacity=b.request_capacity,
-                                  wait_ms=b.wait_ms)
+            resets = b.day_resets_at_ms
+            bucket = BucketPublic(
+                tokens=b.tokens, token_capacity=b.token_capacity, requests=b.requests,
+                request_capacity=b.request_capacity, wait_ms=b.wait_ms,
+                tokens_today=b.tokens_today, token_day_capacity=b.token_day_capacity,
+                requests_today=b.requests_today, request_day_capacity=b.request_day_capacity,
+                day_resets_at=None if resets is None else datetime.fromtimestamp(resets / 1000, UTC),
+            )
         out.append(ProviderPublic(
             position=i, name=name, kind=cfg.kind, model=cfg.model,
             configured=cfg.kind == "stub" or cfg.has_key or cfg.base_url is not None,

@@ -50,7 +50,7 @@ class Job(Base):
     idea: Mapped[str] = mapped_column(sa.Text)
     context: Mapped[dict[str, Any] | None]
     status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.QUEUED.value, index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     deadline_at: Mapped[datetime]
@@ -64,6 +64,10 @@ class Job(Base):
     # admitted while its key had no other job in flight, "more" otherwise.
     admitted_at: Mapped[datetime | None] = mapped_column(index=True)
     lane: Mapped[str] = mapped_column(sa.String(8), default="first")
+    # Cost ceiling (masterplan/budget.py), and the worst case of its calls in flight held
+    # against it; what was spent is the ledger's.
+    max_cost_usd: Mapped[float | None] = mapped_column(sa.Float)
+    held_usd: Mapped[float] = mapped_column(sa.Float, default=0.0)
     # A client's retry of the same submission (Idempotency-Key header) finds this job.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(128))
 

@@ -20,12 +20,14 @@ from masterplan.stages import pipeline
 def create_job(
     session: Session, *, owner: str, idea: str, context: dict[str, Any] | None, deadline_s: int,
     idempotency_key: str | None = None, admitted: bool = True, lane: str = "first",
+    max_cost_usd: float | None = None,
 ) -> Job:
     """A new job with its pending stages; `admitted=False` makes it wait for a slot."""
     now = utcnow()
     job = Job(
         id=str(uuid.uuid4()), owner=owner, idea=idea, context=context,
         idempotency_key=idempotency_key, admitted_at=now if admitted else None, lane=lane,
+        max_cost_usd=max_cost_usd, held_usd=0.0,
         status=JobStatus.QUEUED.value, created_at=now, deadline_at=now + timedelta(seconds=deadline_s),
     )
     session.add(job)
@@ -239,6 +241,14 @@ def any_waiting(session: Session) -> bool:
     return session.scalar(sa.select(sa.exists().where(_WAITING))) or False
 
 
+def active_owners(session: Session, *, since: datetime, at_least: int) -> bool:
+    """Whether at least `at_least` owners have open jobs or submitted one since `since`."""
+    j = _JOBS.c
+    owners = sa.select(j.owner).where(sa.or_(j.status.in_(OPEN), j.created_at >= since)) \
+        .distinct().limit(at_least).subquery()
+    return int(session.scalar(sa.select(sa.func.count()).select_from(owners)) or 0) >= at_least
+
+
 def open_by_owner(session: Session) -> dict[str, int]:
     """Jobs in flight per owner, for every owner with an open job."""
     j = _JOBS.c
@@ -276,6 +286,44 @@ def nth_recent_submission(session: Session, *, owner: str, n: int,
     return session.scalar(sa.select(j.created_at).where(
         j.owner == owner, j.created_at > utcnow() - timedelta(seconds=window_s))
         .order_by(j.created_at.desc()).offset(n - 1).limit(1))
+
+
+# -- cost ceilings (masterplan/budget.py) ---------------------------------------------------
+def _spent(job_id: Any) -> Any:
+    c = _CALLS.c
+    return sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0)).where(
+        c.job_id == job_id).scalar_subquery()
+
+
+def hold_budget(session: Session, *, job_id: str, usd: float) -> bool:
+    """Hold a call's worst case against the open job's ceiling, if spent + held + it fit."""
+    j = _JOBS.c
+    return bool(_dml(session, sa.update(_JOBS).where(
+        j.id == job_id, j.status.in_(OPEN), _spent(j.id) + j.held_usd + usd <= j.max_cost_usd)
+        .values(held_usd=j.held_usd + usd)))
+
+
+def release_budget(session: Session, *, job_id: str, usd: float) -> None:
+    """Give a stage's holds back (in the transaction that writes its calls to the ledger)."""
+    j = _JOBS.c
+    _dml(session, sa.update(_JOBS).where(j.id == job_id).values(
+        held_usd=sa.func.max(j.held_usd - usd, 0.0) if session.get_bind().dialect.name == "sqlite"
+        else sa.func.greatest(j.held_usd - usd, 0.0)))
+
+
+def job_spend(session: Session, *, job_id: str) -> tuple[float, float]:
+    """(spent by the ledger, held by calls in flight)."""
+    j = _JOBS.c
+    spent, held = session.execute(sa.select(_spent(j.id), j.held_usd).where(j.id == job_id)).one()
+    return float(spent), float(held)
+
+
+def owner_spend_since(session: Session, *, owner: str, since: datetime) -> float:
+    """What the owner's jobs' calls cost since `since` (the ledger)."""
+    c, j = _CALLS.c, _JOBS.c
+    return float(session.scalar(sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0))
+                                .join(_JOBS, j.id == c.job_id)
+                                .where(j.owner == owner, c.created_at >= since)) or 0.0)
 
 
 # -- recovery ------------------------------------------------------------------------------
@@ -372,7 +420,8 @@ def update_job(session: Session, *, job_id: str, only_if_open: bool = True, **va
 
 
 def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
-    """Tokens, cost, calls and bucket waits per stage and provider."""
+    """Tokens, cost, calls and bucket waits per stage and provider; `wasted_cost_usd` is what
+    the attempts that gave nothing cost (invalid output repaired or not, errors, lost calls)."""
     c = LLMCall
     rows = session.execute(
         sa.select(
@@ -383,6 +432,7 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
             sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
             sa.func.coalesce(sa.func.sum(c.wait_ms).filter(c.outcome == CallOutcome.DEFERRED), 0),
             sa.func.count().filter(c.outcome != CallOutcome.OK),
+            sa.func.coalesce(sa.func.sum(c.cost_usd).filter(c.outcome != CallOutcome.OK), 0.0),
         )
         .where(c.job_id == job_id)
         .group_by(c.stage, c.provider)
@@ -392,7 +442,7 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
     return [
         {"stage": r[0], "provider": r[1], "calls": r[2], "input_tokens": int(r[3]),
          "output_tokens": int(r[4]), "cost_usd": round(float(r[5]), 6), "wait_ms": int(r[6]),
-         "failed_attempts": r[7]}
+         "failed_attempts": r[7], "wasted_cost_usd": round(float(r[8]), 6)}
         for r in rows
     ]
 

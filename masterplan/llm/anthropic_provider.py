@@ -7,7 +7,8 @@ declares one tool whose `input_schema` is the schema's JSON schema and sets
 completion's text is `json.dumps(block.input)`. The alternative, prefilling the assistant turn
 with `{`, is unsupported on newer Claude models (a 400) and even where it works yields free
 text that may not parse. The schema also stays in the system prompt (`json_instructions`), and
-the router still validates the result.
+the router still validates the result. `structured_output="prompt"` sends no tool: the schema
+is then in the system prompt only.
 
 The client, the key, the request path, the raw response and the error mapping (an `event:
 error` in a stream and a dropped connection included) are `masterplan.llm.sdk.SDKProvider`'s;
@@ -25,8 +26,10 @@ from typing import Any, ClassVar
 import anthropic
 from pydantic import BaseModel
 
+from masterplan.errors import ServerError
 from masterplan.llm.base import LLMRequest, Usage
 from masterplan.llm.sdk import Reply, SDKProvider
+from masterplan.settings import StructuredOutput
 
 __all__ = ["AnthropicProvider", "tool_for"]
 
@@ -57,6 +60,7 @@ class AnthropicProvider(SDKProvider):
 
     sdk: ClassVar[ModuleType] = anthropic
     client_class = anthropic.Anthropic
+    modes: ClassVar[tuple[StructuredOutput, ...]] = ("tool", "prompt")
 
     def _endpoint(self) -> Any:
         return self._client.messages
@@ -69,7 +73,7 @@ class AnthropicProvider(SDKProvider):
         }
         if request.system:
             params["system"] = request.system
-        if request.schema is not None:
+        if request.schema is not None and self.mode_of(request) == "tool":
             params["tools"] = [tool_for(request.schema)]
             params["tool_choice"] = {"type": "tool", "name": request.schema.__name__}
         if stream:
@@ -84,19 +88,24 @@ class AnthropicProvider(SDKProvider):
         """
         usage = Usage(_input_tokens(message.usage), message.usage.output_tokens or 0)
         reply = Reply(usage, message.model, message.id)
-        if request.schema is not None:
+        if request.schema is not None and self.mode_of(request) == "tool":
             for block in message.content:
                 if block.type == "tool_use" and block.name == request.schema.__name__:
                     return json.dumps(block.input), reply
         return "".join(block.text for block in message.content if block.type == "text"), reply
 
     def _deltas(self, events: Any, request: LLMRequest, reply: Reply) -> Iterator[str]:
-        """Text deltas (with a schema: the tool input's partial JSON)."""
-        want_tool = request.schema.__name__ if request.schema is not None else None
+        """Text deltas (with a schema: the tool input's partial JSON). A stream is whole only
+        with its `message_stop`; without it it was cut: `ServerError`."""
+        tool = request.schema is not None and self.mode_of(request) == "tool"
+        want_tool = request.schema.__name__ if tool and request.schema is not None else None
         wanted_blocks: set[int] = set()
+        stopped = False
         for event in events:
             kind = event.type
-            if kind == "message_start":
+            if kind == "message_stop":
+                stopped = True
+            elif kind == "message_start":
                 reply.response_id = event.message.id or None
                 reply.model = event.message.model or None
                 reply.usage = Usage(_input_tokens(event.message.usage),
@@ -124,3 +133,6 @@ class AnthropicProvider(SDKProvider):
                 if event.usage.input_tokens is not None:
                     input_tokens = _input_tokens(event.usage)
                 reply.usage = Usage(input_tokens, event.usage.output_tokens or before.output_tokens)
+        if not stopped:
+            raise ServerError(f"{self.name}: the stream ended without its message_stop",
+                              provider=self.name)

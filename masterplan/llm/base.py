@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
 from masterplan.ratelimit.estimate import estimate_tokens
+
+if TYPE_CHECKING:
+    from masterplan.settings import StructuredOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,9 @@ class LLMRequest:
     # The share of each provider bucket this call must leave for other keys' first jobs
     # (FAIR_HEADROOM for a key's second and later jobs in flight; masterplan/admission.py).
     headroom: float = 0.0
+    # How the schema is asked for; None: the provider's configured mode. The router sets it when
+    # that provider's model was degraded to a weaker one (masterplan/llm/structured.py).
+    structured_output: StructuredOutput | None = None
 
     def with_messages(self, *extra: Message) -> LLMRequest:
         return replace(self, messages=self.messages + extra)

@@ -39,6 +39,7 @@ from masterplan.llm.wire import (
     MAX_DETAIL,
     body_codes,
     body_messages,
+    daily_quota_wait_ms,
     decode_body,
     lower_headers,
     retry_after_ms,
@@ -132,28 +133,31 @@ def _texts(body: object) -> list[str]:
     return [_URL.sub(" ", text) for text in body_messages(body)]
 
 
-def _is_quota_429(body: object) -> bool:
-    """A 429 that will not clear in seconds: billing, spend limit or a daily quota.
+def _quota_429(body: object) -> str | None:
+    """A 429 that will not clear in seconds: "billing" (billing, spend limit), "daily" (a daily
+    quota: it clears when the provider's day resets), or None (an ordinary rate limit).
 
     Structured signals decide first: a quota code (`insufficient_quota`, Anthropic's spend-limit
-    codes, `billing_error`) -> yes; Gemini's QuotaFailure `quotaId`s -> yes only if one is per
-    day. Then the text: "per day" / "daily" / RPD / TPD -> yes. Billing words in the text count
-    only when no rate-limit code or RetryInfo marks the 429 as an ordinary one: Groq's and
-    Gemini's per-minute 429s carry "upgrade ... billing" boilerplate, and a wrongly transient
-    verdict costs one more 429 whereas a wrongly permanent one benches the provider for the day.
+    codes, `billing_error`) -> billing; Gemini's QuotaFailure `quotaId`s -> daily only if one is
+    per day ("GenerateRequestsPerDayPerProjectPerModel-FreeTier"). Then the text: "per day" /
+    "daily" / RPD / TPD (Groq's "requests per day (RPD)", OpenAI's "on requests per day") ->
+    daily. Billing words in the text count only when no rate-limit code or RetryInfo marks the
+    429 as an ordinary one: Groq's and Gemini's per-minute 429s carry "upgrade ... billing"
+    boilerplate, and a wrongly transient verdict costs one more 429 whereas a wrongly permanent
+    one benches the provider for the day.
     """
     codes = body_codes(body)
     if codes & _QUOTA_CODES:
-        return True
+        return "billing"
     quota_ids = _quota_ids(body)
     if quota_ids:
-        return any(_DAILY_TEXT.search(q) for q in quota_ids)
+        return "daily" if any(_DAILY_TEXT.search(q) for q in quota_ids) else None
     texts = _texts(body)
     if any(_DAILY_TEXT.search(text) for text in texts):
-        return True
+        return "daily"
     if codes & _RATE_CODES or retry_info_ms(body) is not None:
-        return False
-    return any(_BILLING_TEXT.search(text) for text in texts)
+        return None
+    return "billing" if any(_BILLING_TEXT.search(text) for text in texts) else None
 
 
 def _is_billing(body: object) -> bool:
@@ -223,6 +227,9 @@ def classify_status(
     * 429 -> `RateLimited` (with `retry_after_ms`), unless the body says billing, insufficient
       quota, a spend limit or a daily quota ("per day", "PerDay", "RPD"/"TPD", a Gemini
       QuotaFailure whose quotaId is per-day) -> `QuotaExhausted` (also with `retry_after_ms`).
+      A daily quota's `retry_after_ms` is always set, to its reset (`wire.daily_quota_wait_ms`:
+      what the provider said, else the day's end), so the router cools the provider down until
+      then on every worker instead of disabling it.
     * 402 -> `QuotaExhausted`.
     * 503, 529 -> `Overloaded`; other 5xx -> `ServerError`.
     * 401 -> `AuthError`; 403 -> `AuthError` unless the body is clearly about billing ->
@@ -254,7 +261,11 @@ def classify_status(
     if status is None or status < 400:
         return ServerError(message, **kw)
     if status == 429:
-        if _is_quota_429(body):
+        quota = _quota_429(body)
+        if quota == "daily":
+            return QuotaExhausted(message, **(kw | {"retry_after_ms": daily_quota_wait_ms(
+                headers, body)}))
+        if quota is not None:
             return QuotaExhausted(message, **kw)
         return RateLimited(message, **kw)
     if status == 402:

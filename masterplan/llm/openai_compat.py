@@ -3,11 +3,14 @@
 One class serves OpenAI, Google AI Studio (`https://generativelanguage.googleapis.com/v1beta/
 openai/`), Groq (`https://api.groq.com/openai/v1`), Azure-style gateways and local servers
 (Ollama, vLLM). Differences between them are settings, not code: `base_url`, `model`, the key
-(None for a local server) and `json_mode`.
+(None for a local server), `structured_output` and `strict`.
 
-* JSON output: the schema is already in the system prompt (`json_instructions`); `json_mode`
-  only asks the server to guarantee syntax. The adapter does not validate the JSON: the router
-  does, and raises `InvalidOutput`.
+* Structured output (the schema is also in the system prompt, `json_instructions`), by mode:
+  `json_schema` sends `response_format: {"type": "json_schema", ...}` with the schema in its
+  strict form (`structured.strict_schema`) and `strict: true` where the server enforces it;
+  `json_object` asks the server for syntax only; `prompt` sends no response_format. A 400
+  refusing the mode is `ModeUnsupported` (sdk.py), and the router degrades. The adapter does
+  not validate the JSON: the router does, and raises `InvalidOutput`.
 * The client, the key, the request path, the raw response and the error mapping (mid-stream
   too) are `masterplan.llm.sdk.SDKProvider`'s; this module says what to send and how to read a
   completion and its chunks. A server that reports no usage gets an estimate there.
@@ -22,15 +25,13 @@ from typing import Any, ClassVar
 import openai
 from pydantic import SecretStr
 
+from masterplan.errors import ServerError
 from masterplan.llm.base import LLMRequest, Usage
 from masterplan.llm.sdk import Reply, SDKProvider
+from masterplan.llm.structured import strict_schema
+from masterplan.settings import StructuredOutput
 
-__all__ = ["JSON_MODES", "OpenAICompatProvider"]
-
-# "json_object": response_format {"type": "json_object"} (OpenAI, Gemini, Groq, vLLM, Ollama).
-# "json_schema": response_format {"type": "json_schema", ...} with the schema, not strict.
-# "none": no response_format, for servers that reject it; the prompt alone asks for JSON.
-JSON_MODES = ("json_object", "json_schema", "none")
+__all__ = ["OpenAICompatProvider"]
 
 
 def _usage(usage: Any) -> Usage | None:
@@ -44,13 +45,16 @@ class OpenAICompatProvider(SDKProvider):
 
     sdk: ClassVar[ModuleType] = openai
     client_class = openai.OpenAI
+    modes: ClassVar[tuple[StructuredOutput, ...]] = ("json_schema", "json_object", "prompt")
 
     def __init__(self, name: str, model: str, base_url: str | None, api_key: SecretStr | None, *,
-                 timeout_s: float = 60.0, json_mode: str = "json_object") -> None:
-        if json_mode not in JSON_MODES:
-            raise ValueError(f"json_mode must be one of {', '.join(JSON_MODES)}, not {json_mode!r}")
-        self.json_mode = json_mode
-        super().__init__(name, model, base_url, api_key, timeout_s=timeout_s)
+                 timeout_s: float = 60.0, first_token_s: float | None = None,
+                 stall_s: float | None = None, structured_output: StructuredOutput | None = None,
+                 strict: bool = False) -> None:
+        self.strict = strict
+        super().__init__(name, model, base_url, api_key, timeout_s=timeout_s,
+                         first_token_s=first_token_s, stall_s=stall_s,
+                         structured_output=structured_output)
         if base_url is not None:
             # OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment are OpenAI's; do not send
             # them to Google, Groq or a local server.
@@ -71,18 +75,18 @@ class OpenAICompatProvider(SDKProvider):
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
-        if request.schema is not None:
-            if self.json_mode == "json_object":
-                params["response_format"] = {"type": "json_object"}
-            elif self.json_mode == "json_schema":
-                params["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": request.schema.__name__,
-                        "schema": request.schema.model_json_schema(),
-                        "strict": False,
-                    },
-                }
+        mode = self.mode_of(request)
+        if request.schema is not None and mode == "json_schema":
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.schema.__name__,
+                    "schema": strict_schema(request.schema),
+                    "strict": self.strict,
+                },
+            }
+        elif mode == "json_object":
+            params["response_format"] = {"type": "json_object"}
         if stream:
             params["stream"] = True
             params["stream_options"] = {"include_usage": True}
@@ -95,10 +99,23 @@ class OpenAICompatProvider(SDKProvider):
         return text, Reply(_usage(response.usage), response.model, response.id)
 
     def _deltas(self, chunks: Any, request: LLMRequest, reply: Reply) -> Iterator[str]:
+        """The first choice's content. A stream is whole only with its end: a chunk with the
+        first choice's `finish_reason`, and the usage (`stream_options.include_usage` is always
+        asked for, and comes in the last chunk); without either it was cut: `ServerError`."""
+        finished = False
         for chunk in chunks:
             reply.response_id = reply.response_id or chunk.id or None
             reply.model = chunk.model or reply.model
             reply.usage = _usage(chunk.usage) or reply.usage
             for choice in chunk.choices:
-                if choice.index == 0 and choice.delta is not None and choice.delta.content:
+                if choice.index != 0:
+                    continue
+                finished = finished or bool(choice.finish_reason)
+                if choice.delta is not None and choice.delta.content:
                     yield choice.delta.content
+        if not finished:
+            raise ServerError(f"{self.name}: the stream ended without its final chunk "
+                              "(no finish_reason)", provider=self.name)
+        if reply.usage is None:
+            raise ServerError(f"{self.name}: the stream ended without its usage (asked for with "
+                              "stream_options.include_usage)", provider=self.name)

@@ -29,6 +29,8 @@ class CallOutcome(StrEnum):
     BAD_REQUEST = "bad_request"
     QUOTA_EXHAUSTED = "quota_exhausted"
     INVALID_OUTPUT = "invalid_output"
+    # A 400 refusing the structured-output mode: retried at once in a weaker one, not a failure.
+    MODE_UNSUPPORTED = "mode_unsupported"
     # A provider passed over without a call.
     SKIPPED_COOLDOWN = "skipped_cooldown"  # it was cooling down (shared in Redis)
     SKIPPED_RATELIMIT = "skipped_ratelimit"  # its token bucket said wait

@@ -4,6 +4,8 @@ For each provider in chain order:
   cooling down (shared in Redis)      -> skip, note the wait
   token bucket says wait / never fits -> skip at once (spill over to the next provider)
   call; invalid output                -> one repair attempt, then next provider
+  call; 400 refusing the structured-output mode -> the same call at once one mode weaker,
+                                         remembered for every worker (structured.ModeMemory)
   rate limited / overloaded / 5xx / timeout / bad request -> next provider, no sleep
 When nobody answered and some provider only has to wait: RetryLater(shortest wait).
 When every provider failed: AllProvidersFailed(reasons), `transient` when one failure was.
@@ -27,8 +29,9 @@ on which side of a provider call it strikes:
       paid for: a success is returned with its attempts; an error keeps its attempt row and the
       walk goes on (the next provider's admission defers if Redis is still down).
 
-`before_call(n)` runs just before the n-th real provider call of one route or stream (0-based,
-repairs and fallbacks counted, skipped providers not): the caller's cancellation point. What it
+`before_call(n, provider, reservation)` runs just before the n-th real provider call of one route
+or stream (0-based, repairs and fallbacks counted, skipped providers not), with the provider's
+configuration and what the call reserved: the caller's cancellation and budget point. What it
 raises propagates unchanged, after the call's reservation is handed back; pass `attempts` to
 hold the rows made so far.
 """
@@ -55,8 +58,9 @@ log = logging.getLogger(__name__)
 # Waiting for Redis to come back: the task is retried after this, never waved through.
 LIMITER_DOWN_WAIT_MS = 2000
 
-# Called with the 0-based index of the provider call about to be made; raise to stop the route.
-BeforeCall = Callable[[int], None]
+# Called with the 0-based index of the provider call about to be made, its provider and its
+# reservation; raise to stop the route.
+BeforeCall = Callable[[int, ProviderConfig, Reservation], None]
 
 # A provider's turn: text chunks when streamed (none otherwise), then its reply or None.
 Turn = Generator[str, None, Completion | None]
@@ -107,10 +111,10 @@ class _Walk:
     def __post_init__(self) -> None:
         self.first = len(self.attempts)
 
-    def before_call(self) -> None:
+    def before_call(self, config: ProviderConfig, reservation: Reservation) -> None:
         n, self.made = self.made, self.made + 1
         if self.hook is not None:
-            self.hook(n)
+            self.hook(n, config, reservation)
 
     def nobody_answered(self) -> E.MasterplanError:
         if self.waits:
@@ -126,11 +130,14 @@ class Router:
     name = "router"
 
     def __init__(
-        self, routes: Sequence[Route], limiter: TokenBucketLimiter, cooldowns: Cooldowns
+        self, routes: Sequence[Route], limiter: TokenBucketLimiter, cooldowns: Cooldowns,
+        *, modes: structured.ModeMemory | None = None,
     ) -> None:
         self.routes = list(routes)
         self.limiter = limiter
         self.cooldowns = cooldowns
+        # Structured-output modes degraded after a provider refused one (None: this process's).
+        self.modes = modes or structured.ModeMemory(None)
         self.model = ",".join(r.config.model for r in self.routes)
 
     @property
@@ -159,14 +166,19 @@ class Router:
                                          wait_ms=decision.wait_ms, fallback_from=prev))
         return None
 
-    def _settle(self, route: Route, reservation: Reservation, used: int) -> None:
+    def _settle(self, route: Route, reservation: Reservation, used: int, *,
+                answered: bool = False) -> None:
+        """Hand back what the provider did not count. A reply is settled as the provider charges
+        it (`<NAME>_LIMIT_COUNTS`: what it used, or the whole reservation); a call that was
+        refused, failed or never sent returns its whole reservation."""
+        settle = self.limiter.settle if answered else self.limiter.reconcile
         _best_effort(route.config.name, f"the bucket settlement ({used} tokens used)",
-                     self.limiter.reconcile, reservation, used)
+                     settle, reservation, used)
 
     def _announce(self, walk: _Walk, route: Route, reservation: Reservation) -> None:
         """The caller's hook before a real call; if it stops us, the call was never made."""
         try:
-            walk.before_call()
+            walk.before_call(route.config, reservation)
         except BaseException:
             self._settle(route, reservation, 0)
             raise
@@ -175,7 +187,7 @@ class Router:
                  completion: Completion) -> None:
         """The bookkeeping of a reply (valid or not, the provider answered)."""
         name = route.config.name
-        self._settle(route, reservation, completion.usage.total)
+        self._settle(route, reservation, completion.usage.total, answered=True)
         rl = completion.rate_limit
         if rl is not None:
             _best_effort(name, "the remaining capacity it reported", self.limiter.lower, name,
@@ -208,13 +220,43 @@ class Router:
             _best_effort(name, f"disabling it after {exc.outcome}", self.cooldowns.disable,
                          name, f"{why}: {exc}")
 
+    def _remembered_mode(self, route: Route, request: LLMRequest) -> LLMRequest:
+        """The request in the weaker mode this provider's model was degraded to, if it was."""
+        cfg = route.config
+        if request.schema is None or cfg.structured_output not in structured.WEAKER:
+            return request
+        mode = self.modes.get(cfg.name, cfg.model)
+        return request if mode is None else structured.in_mode(request, mode)
+
+    def _degrade(self, route: Route, reservation: Reservation, request: LLMRequest,
+                 exc: structured.ModeUnsupported, walk: _Walk, prev: str | None,
+                 started: float) -> LLMRequest:
+        """A 400 refusing the structured-output mode is not the call's failure (no circuit
+        count, no fallback): its own row, the reservation handed back, the provider's model
+        remembered one mode weaker for every worker, and the same call in that mode."""
+        cfg = route.config
+        weaker = structured.WEAKER[exc.mode]
+        walk.attempts.append(Attempt(
+            cfg.name, cfg.model, exc.outcome,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            error_class=type(exc).__name__, error=str(exc)[:500], fallback_from=prev,
+        ))
+        self._settle(route, reservation, 0)
+        self.modes.degrade(cfg.name, cfg.model, weaker)
+        log.warning("provider %s (%s) refused structured output %s: asking in %s from now on",
+                    cfg.name, cfg.model, exc.mode, weaker, extra={"provider": cfg.name})
+        return structured.in_mode(request, weaker)
+
     def _turn(self, route: Route, state: ProviderState, request: LLMRequest, walk: _Walk,
               prev: str | None, *, stream: bool) -> Turn:
         """The provider's turn, streamed or not: admit, call, record, settle; one repair on
-        invalid output (a completion's: a stream's text is already the reader's).
+        invalid output (a completion's: a stream's text is already the reader's); a refused
+        structured-output mode retried at once in a weaker one (at most twice: see WEAKER).
         Returns the reply, or None: move on to the next provider."""
         cfg = route.config
-        for _ in ("the call", "its repair"):
+        request = self._remembered_mode(route, request)
+        repairs = 1
+        while True:
             reservation = self._admit(route, request, walk, prev)
             if reservation is None:
                 return None
@@ -227,6 +269,9 @@ class Router:
                                                     provider=cfg.name, started=started)
                 else:
                     completion = route.provider.complete(request)
+            except structured.ModeUnsupported as exc:
+                request = self._degrade(route, reservation, request, exc, walk, prev, started)
+                continue
             except E.ProviderError as exc:
                 exc.provider = exc.provider or cfg.name
                 walk.attempts.append(Attempt(
@@ -254,10 +299,12 @@ class Router:
             except E.InvalidOutput as exc:
                 row.outcome, row.error_class, row.error = exc.outcome, type(exc).__name__, \
                     str(exc)[:500]
+                if not repairs:
+                    return None
+                repairs -= 1
                 request = structured.repair_request(request, completion.text, exc)
                 continue
             return completion
-        return None
 
     # -- the chain -----------------------------------------------------------------------
     def _available(self, walk: _Walk) -> Iterator[tuple[Route, ProviderState, str | None]]:

@@ -4,6 +4,7 @@ Pure parsing, no I/O: headers and bodies in, numbers out. `classify` builds on i
 
 * `retry_after_ms(headers, body)`: how long the provider asked us to wait, in ms (None: it did
   not say). The precedence is documented on the function.
+* `daily_quota_wait_ms(headers, body)`: how long a spent daily quota stays spent, in ms.
 * `rate_limit_info(headers)`: the remaining-capacity headers as a `RateLimitInfo`.
 """
 
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from masterplan.llm.base import RateLimitInfo
+from masterplan.ratelimit.day import DAY_MS, next_reset_ms
 
 MAX_DETAIL = 300
 
@@ -242,6 +244,24 @@ def _relevant_max(candidates: list[tuple[int, int | None]]) -> int | None:
     return max(exhausted) if exhausted else max(ms for ms, _ in candidates)
 
 
+def _header_retry_ms(h: Mapping[str, str], now: float) -> int | None:
+    """`retry-after-ms` (milliseconds), else `retry-after` (seconds or an HTTP date)."""
+    raw = h.get("retry-after-ms")
+    if raw is not None:
+        try:
+            return ceil_ms(float(raw.strip()))
+        except ValueError:
+            pass
+    raw = h.get("retry-after")
+    if raw is not None:
+        raw = raw.strip()
+        try:
+            return ceil_ms(float(raw) * 1000.0)
+        except ValueError:
+            return _http_date_ms(raw, now)
+    return None
+
+
 def retry_after_ms(
     headers: Mapping[str, str] | None, body: object = None, *, now: float | None = None
 ) -> int | None:
@@ -267,22 +287,9 @@ def retry_after_ms(
     h = lower_headers(headers)
     now = _now() if now is None else now
 
-    raw = h.get("retry-after-ms")
-    if raw is not None:
-        try:
-            return ceil_ms(float(raw.strip()))
-        except ValueError:
-            pass
-
-    raw = h.get("retry-after")
-    if raw is not None:
-        raw = raw.strip()
-        try:
-            return ceil_ms(float(raw) * 1000.0)
-        except ValueError:
-            ms = _http_date_ms(raw, now)
-            if ms is not None:
-                return ms
+    ms = _header_retry_ms(h, now)
+    if ms is not None:
+        return ms
 
     decoded = decode_body(body)
     ms = retry_info_ms(decoded)
@@ -307,6 +314,73 @@ def retry_after_ms(
         return ms
 
     return _message_delay_ms(decoded)
+
+
+# Gemini: "Requests per day (RPD) quotas reset at midnight Pacific time."
+GOOGLE_DAY_RESET = "America/Los_Angeles"
+_REQUESTS_PER_DAY = re.compile(r"requests\s+per\s+day|\bRPD\b|RequestsPerDay", re.IGNORECASE)
+
+
+def google_body(body: object) -> bool:
+    """An error body of Google's APIs: a `google.rpc` detail (RetryInfo, QuotaFailure, ...)."""
+    for node in walk_body(body):
+        kind = node.get("@type")
+        if isinstance(kind, str) and "googleapis.com/google.rpc." in kind:
+            return True
+    return False
+
+
+# A daily 429 this soon after our midnight is from a provider whose clock has not reached it:
+# its day turns within moments, not in 24 hours.
+CLOCK_SLACK_MS = 300_000
+
+
+def until_day_reset_ms(day_reset: str, *, now: float | None = None) -> int:
+    """Milliseconds from `now` (epoch seconds) to the next midnight in the zone `day_reset`
+    (UTC's for "rolling", which has no midnight of its own); within `CLOCK_SLACK_MS` after a
+    midnight, the time until that slack has passed instead."""
+    now_ms = math.floor((_now() if now is None else now) * 1000)
+    reset = next_reset_ms(day_reset, now_ms) or next_reset_ms("UTC", now_ms)
+    assert reset is not None
+    since = DAY_MS - (reset - now_ms)
+    if 0 <= since < CLOCK_SLACK_MS:
+        return CLOCK_SLACK_MS - since
+    return reset - now_ms
+
+
+def daily_quota_wait_ms(
+    headers: Mapping[str, str] | None, body: object = None, *, now: float | None = None
+) -> int:
+    """How long a provider whose daily quota is spent stays spent, in ms (always a value).
+
+    1. What the provider said about this error: `retry-after-ms` / `retry-after`, Google's
+       RetryInfo, "Please try again in 12m3s" in the message. The window-reset headers are left
+       out: OpenAI's and Groq's `x-ratelimit-reset-tokens` are about the minute.
+    2. When the body names requests per day, `x-ratelimit-reset-requests` too, the longer of
+       the two: Groq's is always about its requests per day.
+    3. A Google body: the longer of that and the next midnight Pacific, where Gemini's per-day
+       quotas reset (its RetryInfo on a per-day 429 says seconds, and asking again after them
+       only collects the next 429).
+    4. None of these: the day's end, the next midnight UTC.
+    A midnight that passed less than `CLOCK_SLACK_MS` ago counts as this day's end: the
+    provider's clock has not reached it yet, and its day is about to turn.
+    """
+    h = lower_headers(headers)
+    now = _now() if now is None else now
+    decoded = decode_body(body)
+    stated = _header_retry_ms(h, now)
+    if stated is None:
+        stated = retry_info_ms(decoded)
+    if stated is None:
+        stated = _message_delay_ms(decoded)
+    raw = h.get("x-ratelimit-reset-requests")
+    if raw is not None and any(_REQUESTS_PER_DAY.search(t) for t in body_messages(decoded)):
+        reset = parse_duration_ms(raw)
+        if reset is not None:
+            stated = max(stated or 0, reset)
+    if google_body(decoded):
+        return max(stated or 0, until_day_reset_ms(GOOGLE_DAY_RESET, now=now))
+    return stated if stated is not None else until_day_reset_ms("UTC", now=now)
 
 
 def rate_limit_info(headers: Mapping[str, str] | None) -> RateLimitInfo | None:

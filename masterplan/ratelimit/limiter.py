@@ -1,19 +1,22 @@
-"""The per-provider rate limiter: two token buckets in Redis, checked and debited together.
+"""The per-provider rate limiter: token buckets in Redis, checked and debited together.
 
 Each provider has a tokens-per-minute (TPM) bucket and a requests-per-minute (RPM) bucket.
-Both refill continuously (limit per 60,000 ms) up to a burst capacity, and a call is admitted
-only when both hold enough; then both are debited in the same atomic script (`bucket.lua`),
-one Redis round trip per operation. The script reads the clock from Redis `TIME`, so workers
-with skewed clocks still agree. Providers missing from the limits mapping are unlimited and
-never touch Redis.
+Both refill continuously (limit per 60,000 ms) up to a burst capacity. A provider that also caps
+its day (TPD, RPD) has a day bucket for each cap, counted as the provider counts its day (see
+`masterplan.ratelimit.day`): a fixed window that is full again at midnight in its zone, or a
+rolling day refilled continuously. A call is admitted only when every bucket holds enough; then
+all are debited in the same atomic script (`bucket.lua`), one Redis round trip per operation,
+so a configured daily cap is never overrun, however many workers share it. The script reads
+the clock from Redis `TIME`, so workers with skewed clocks still agree. Providers missing from
+the limits mapping are unlimited and never touch Redis.
 
 Lifecycle of a call::
 
     decision = limiter.reserve("groq", reservation_tokens(prompt_chars, max_tokens))
     ... call the provider ...
-    limiter.reconcile(decision.reservation, usage.total)   # refund or debt
+    limiter.settle(decision.reservation, usage.total)      # as the provider counts
     limiter.lower("groq", remaining_tokens=..., remaining_requests=...)  # if it said
-    limiter.drain("groq")                                  # after a 429
+    limiter.drain("groq")                                  # after a per-minute 429
 
 Never fits: a reservation larger than a bucket's capacity can never be granted, so
 `reserve` says so at once (`never_fits=True`) and the router moves on to the next provider.
@@ -26,10 +29,17 @@ sliding window (no more than the limit in *any* 60 s) can reject such a burst fo
 the refill; for those, configure `burst_tokens` / `burst_requests` below one minute's limit,
 at the cost of less throughput on bursts.
 
-Keys: `<prefix>:rl:{<provider>}:tokens` and `<prefix>:rl:{<provider>}:requests`, each a
-string "<level>:<last refill ms>" with the level in 1/60000 units. The hash tag keeps both
-in one Redis Cluster slot (the script touches both atomically). Each key expires a little
-after the time it would take to refill fully, so idle providers leave nothing behind.
+Settlement: a provider that counts what a call really used (`counts="actual"`) gets the
+unused part of the reservation back and the excess as debt (`settle` = `reconcile`); one that
+charges `max_tokens` at admission and never gives it back (`counts="reserved"`, OpenAI) gets no
+refund, only the debt of a call that used more than was reserved. A call the provider never
+counted (refused, failed, never sent) is handed back whole with `reconcile(reservation, 0)`.
+
+Keys: `<prefix>:rl:{<provider>}:tokens` and `<prefix>:rl:{<provider>}:requests`, and with
+daily caps `...:tokens-day` and `...:requests-day`, each a string "<level>:<ms>" (the level in
+units, see `model.py`). The hash tag keeps them in one Redis Cluster slot (the script touches
+them atomically). Each key expires a little after the time it would take to refill fully (a
+fixed day window: after its end), so idle providers leave nothing behind.
 
 Redis unreachable: every operation raises `LimiterUnavailable`; calls are never waved
 through unmetered. `redis_unavailable` says which redis-py errors count as "Redis cannot serve
@@ -43,11 +53,12 @@ provider cooldowns. Any other Redis error is a bug in our own commands and is le
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from redis.exceptions import (
     ClusterError,
@@ -63,11 +74,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from masterplan.errors import LimiterUnavailable
-from masterplan.ratelimit.model import UNITS_PER_TOKEN
+from masterplan.ratelimit.day import MAX_DAY_LIMIT, ROLLING, check_day_reset, day_bounds_ms
+from masterplan.ratelimit.model import DAY_UNITS_PER_TOKEN, UNITS_PER_TOKEN
 
 # Lua numbers are doubles (exact to 2^53) and levels are stored in 1/60000 units, so
-# capacities and rates stay at or below this to keep every value exact with room for debt.
+# capacities and rates stay at or below this to keep every value exact with room for debt
+# (per-day limits at or below MAX_DAY_LIMIT, as their units are smaller).
 MAX_LIMIT = 1_000_000_000
+
+# How a provider settles a call: by what it really used, or by what it reserved at admission.
+LimitCounts = Literal["actual", "reserved"]
 
 _SCRIPT = resources.files("masterplan.ratelimit").joinpath("bucket.lua").read_text("utf-8")
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode("utf-8")).hexdigest().encode()
@@ -106,22 +122,43 @@ def unavailable_as_limiter_error(what: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class BucketLimits:
-    """One provider's limits. Burst capacities default to one minute's limit."""
+    """One provider's limits. Burst capacities default to one minute's limit.
+
+    `tpd`, `rpd`: tokens and requests per day (None: no daily cap); `day_reset` says when the
+    day ends ("rolling", or the time zone of its midnight, see `masterplan.ratelimit.day`).
+    `counts`: how the provider settles a call, "actual" or "reserved" (see `settle`).
+    """
 
     tpm: int
     rpm: int
     burst_tokens: int | None = None
     burst_requests: int | None = None
+    tpd: int | None = None
+    rpd: int | None = None
+    day_reset: str = "UTC"
+    counts: LimitCounts = "actual"
 
     def __post_init__(self) -> None:
-        for name in ("tpm", "rpm", "burst_tokens", "burst_requests"):
+        for name in ("tpm", "rpm", "burst_tokens", "burst_requests", "tpd", "rpd"):
             value = getattr(self, name)
-            if value is None and name.startswith("burst"):
+            if value is None and name not in ("tpm", "rpm"):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            if value > MAX_LIMIT:
-                raise ValueError(f"{name} must be at most {MAX_LIMIT}, got {value}")
+            most = MAX_DAY_LIMIT if name in ("tpd", "rpd") else MAX_LIMIT
+            if value > most:
+                raise ValueError(f"{name} must be at most {most}, got {value}")
+        try:
+            check_day_reset(self.day_reset)
+        except ValueError as exc:
+            raise ValueError(f"day_reset {self.day_reset!r} {exc}") from None
+        if self.counts not in ("actual", "reserved"):
+            raise ValueError(f"counts must be 'actual' or 'reserved', got {self.counts!r}")
+
+    @property
+    def daily(self) -> bool:
+        """The provider caps its day (tokens, requests or both)."""
+        return self.tpd is not None or self.rpd is not None
 
     @property
     def token_capacity(self) -> int:
@@ -161,7 +198,13 @@ class Decision:
 
 @dataclass(frozen=True)
 class BucketStatus:
-    """Current levels of one provider; `wait_ms` is the wait for a one-token, one-request call."""
+    """Current levels of one provider; `wait_ms` is the wait for a one-token, one-request call
+    (the day buckets included).
+
+    The day fields are None for a provider without that daily cap: `tokens_today` and
+    `requests_today` are what is left of the day, `day_resets_at_ms` (epoch ms, Redis's clock)
+    when the day buckets are full again: a fixed window's end, or a rolling day's full refill.
+    """
 
     provider: str
     tokens: int
@@ -169,6 +212,11 @@ class BucketStatus:
     requests: int
     request_capacity: int
     wait_ms: int
+    tokens_today: int | None = None
+    token_day_capacity: int | None = None
+    requests_today: int | None = None
+    request_day_capacity: int | None = None
+    day_resets_at_ms: int | None = None
 
 
 class TokenBucketLimiter:
@@ -183,6 +231,10 @@ class TokenBucketLimiter:
         # Keys and the fixed limit arguments per provider, encoded once: reserve is hot and
         # the client passes bytes through without converting them on every call.
         self._static: dict[str, tuple[bytes, ...]] = {}
+        # With daily caps: the two day keys, and the caps (b"" for none).
+        self._day: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
+        # The fixed day window each provider's caller clock was last in: (start, end) ms.
+        self._window: dict[str, tuple[int, int]] = {}
         for provider, lim in self._limits.items():
             tokens_key, requests_key = self.keys_for(provider)
             self._static[provider] = (
@@ -193,6 +245,13 @@ class TokenBucketLimiter:
                 b"%d" % lim.rpm,
                 b"%d" % lim.request_capacity,
             )
+            if lim.daily:
+                day_tokens, day_requests = self.day_keys_for(provider)
+                self._day[provider] = (
+                    day_tokens.encode(), day_requests.encode(),
+                    b"" if lim.tpd is None else b"%d" % lim.tpd,
+                    b"" if lim.rpd is None else b"%d" % lim.rpd,
+                )
 
     # -- public surface ------------------------------------------------------------------
 
@@ -204,6 +263,11 @@ class TokenBucketLimiter:
         """The provider's token and request bucket keys (one hash tag, one cluster slot)."""
         base = f"{self._prefix}:rl:{{{provider}}}"
         return f"{base}:tokens", f"{base}:requests"
+
+    def day_keys_for(self, provider: str) -> tuple[str, str]:
+        """The provider's day token and day request bucket keys (the same hash tag)."""
+        base = f"{self._prefix}:rl:{{{provider}}}"
+        return f"{base}:tokens-day", f"{base}:requests-day"
 
     def reserve(
         self, provider: str, tokens: int, *, requests: int = 1, keep: float = 0.0,
@@ -221,7 +285,9 @@ class TokenBucketLimiter:
         lim = self._limits.get(provider)
         if lim is None:
             return Decision(True, 0, False, Reservation(provider, tokens, requests))
-        if tokens > lim.token_capacity or requests > lim.request_capacity:
+        if (tokens > lim.token_capacity or requests > lim.request_capacity
+                or (lim.tpd is not None and tokens > lim.tpd)
+                or (lim.rpd is not None and requests > lim.rpd)):
             # Known from the limits alone: no need to ask Redis.
             return Decision(False, 0, True, None)
         extra: tuple[Any, ...] = ()
@@ -250,6 +316,23 @@ class TokenBucketLimiter:
         if delta == 0:
             return
         self._run(reservation.provider, _ADJUST, now_ms, delta, b"")
+
+    def settle(
+        self, reservation: Reservation, used_tokens: int, *, now_ms: int | None = None
+    ) -> None:
+        """Settle a call the provider answered, the way that provider charges it.
+
+        counts="actual": as `reconcile` (a refund of what was not used, or debt).
+        counts="reserved": the provider charged the reservation (`max_tokens` included) at
+        admission and keeps it, so nothing is refunded; a call that used more is still debt.
+        """
+        _check_count("used_tokens", used_tokens)
+        lim = self._limits.get(reservation.provider)
+        if lim is None:
+            return
+        if lim.counts == "reserved":
+            used_tokens = max(used_tokens, reservation.tokens)
+        self.reconcile(reservation, used_tokens, now_ms=now_ms)
 
     def lower(
         self,
@@ -285,7 +368,8 @@ class TokenBucketLimiter:
         lim = self._limits.get(provider)
         if lim is None:
             raise ValueError(f"provider {provider!r} has no rate limits configured")
-        wait_ms, token_level, request_level = self._run(provider, _PEEK, now_ms, b"", b"")
+        wait_ms, token_level, request_level, *day = self._run(provider, _PEEK, now_ms, b"", b"")
+        day_tokens, day_requests, resets_at = day or (None, None, None)
         return BucketStatus(
             provider=provider,
             tokens=int(token_level) // UNITS_PER_TOKEN,
@@ -293,6 +377,11 @@ class TokenBucketLimiter:
             requests=int(request_level) // UNITS_PER_TOKEN,
             request_capacity=lim.request_capacity,
             wait_ms=int(wait_ms),
+            tokens_today=_whole(day_tokens),
+            token_day_capacity=lim.tpd,
+            requests_today=_whole(day_requests),
+            request_day_capacity=lim.rpd,
+            day_resets_at_ms=None if resets_at is None else int(resets_at),
         )
 
     # -- script call ---------------------------------------------------------------------
@@ -306,7 +395,16 @@ class TokenBucketLimiter:
             _check_count("now_ms", now_ms)
         tokens_key, requests_key, tpm, tcap, rpm, rcap = self._static[provider]
         clock = b"" if now_ms is None else now_ms
-        args = (_SCRIPT_SHA, 2, tokens_key, requests_key, op, clock, tpm, tcap, rpm, rcap, a, b, *more)
+        day = self._day.get(provider)
+        if day is None:
+            args: tuple[Any, ...] = (_SCRIPT_SHA, 2, tokens_key, requests_key, op, clock, tpm,
+                                     tcap, rpm, rcap, a, b, *more)
+        else:
+            day_tokens_key, day_requests_key, tpd, rpd = day
+            keep = (*more, b"", b"")[:2]
+            args = (_SCRIPT_SHA, 4, tokens_key, requests_key, day_tokens_key, day_requests_key,
+                    op, clock, tpm, tcap, rpm, rcap, a, b, *keep, tpd, rpd,
+                    self._day_window(provider, now_ms))
         with unavailable_as_limiter_error(f"the rate limiter of {provider!r}"):
             try:
                 result = self._redis.execute_command("EVALSHA", *args)
@@ -315,6 +413,24 @@ class TokenBucketLimiter:
                 self._redis.script_load(_SCRIPT)
                 result = self._redis.execute_command("EVALSHA", *args)
         return result
+
+
+    def _day_window(self, provider: str, now_ms: int | None) -> bytes:
+        """ARGV[13]: "rolling", or the next reset of the provider's fixed day window as this
+        process's clock (or the test clock) sees it; the script corrects for Redis's clock."""
+        day_reset = self._limits[provider].day_reset
+        if day_reset == ROLLING:
+            return b"rolling"
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        window = self._window.get(provider)
+        if window is None or not window[0] <= now < window[1]:
+            window = self._window[provider] = day_bounds_ms(day_reset, now)
+        return b"%d" % window[1]
+
+
+def _whole(level: Any) -> int | None:
+    """Whole tokens (or requests) of a day bucket's level in units; None when not capped."""
+    return None if level is None else int(level) // DAY_UNITS_PER_TOKEN
 
 
 def _check_count(name: str, value: int) -> None:

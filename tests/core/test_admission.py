@@ -130,3 +130,18 @@ def test_a_keys_further_jobs_leave_the_headroom_to_first_jobs() -> None:
         router.route(replace(request, headroom=settings.fair_headroom))  # must leave 2,000
     assert waited.value.wait_ms > 0
     assert router.route(request).completion.provider == "stub"
+
+
+def test_the_headroom_is_kept_only_while_other_keys_have_open_jobs(
+        runtime_on: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = runtime_on(FAIR_HEADROOM="0.2")
+    monkeypatch.setattr(admission, "CONTENDED_TTL_S", 0.0)  # ask every time
+    _submit(rt, "A")
+    assert admission.headroom(rt, MORE) == 0.0  # a single tenant keeps the whole bucket
+    other = _submit(rt, "B")
+    assert admission.headroom(rt, MORE) == 0.2
+    assert admission.headroom(rt, FIRST) == 0.0
+    _end(rt, other)
+    assert admission.headroom(rt, MORE) == 0.2  # B submitted within FAIR_WINDOW_S
+    quiet = runtime_on(FAIR_HEADROOM="0.2", FAIR_WINDOW_S="0")
+    assert admission.headroom(quiet, MORE) == 0.0  # ... and not once the window has passed

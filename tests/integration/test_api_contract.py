@@ -25,7 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from testkit.procs import BIN, Proc, clean_env, free_port, wait_http
-from tests.conftest import RUN_PREFIX, _redis_url, fresh_pg_database
+from tests.conftest import RUN_PREFIX, UNLIMITED_KEYS, _redis_url, fresh_pg_database
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,9 @@ def live_api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         port = free_port()
         env = clean_env(DATABASE_URL=db_url, REDIS_URL=_redis_url(4),
                         REDIS_KEY_PREFIX=f"{RUN_PREFIX}-contract", API_KEYS=f"{KEY},{OTHER_KEY}",
-                        METRICS_TOKEN=METRICS_TOKEN, LOG_LEVEL="INFO")
+                        METRICS_TOKEN=METRICS_TOKEN, LOG_LEVEL="INFO",
+                        # Hundreds of submissions from one key: its limits would answer most.
+                        **UNLIMITED_KEYS)
         log = tmp_path_factory.mktemp("contract") / "api.log"
         proc = Proc([str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
                     env, log)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from testkit.fake_provider import FakeProvider
 from testkit.procs import BIN, ROOT, Proc, clean_env, free_port, wait_http
@@ -87,15 +89,59 @@ def test_overflow_goes_to_a_provider_with_room_at_once(make_stack) -> None:
         assert spilled and all(c.fallback_from == "groq" for c in spilled)
 
 
-def test_three_worker_processes_share_one_bucket(tmp_path: Path, redis_url: str) -> None:
-    """Demand above the limit from 3 processes: zero 429s and >= 95% of the allowance used."""
+def test_a_spent_day_moves_the_job_to_the_next_provider_without_a_429(make_stack) -> None:
+    """Groq's day has room for three calls: the job's other four go to google at once, nobody
+    collects a 429, and /v1/providers and /metrics say what is left of the day."""
+    with FakeProvider(flavor="groq", api_key="sk-q", tpm=6000, rpm=30, rpd=3,
+                      day_reset="rolling") as groq, \
+            FakeProvider(flavor="gemini", api_key="sk-g", tpm=1_000_000, rpm=1000) as google:
+        env = {"LLM_PROVIDERS": "groq,google", **groq_env(groq, 1_000_000, 1000), "GROQ_RPD": "3",
+               "GOOGLE_BASE_URL": google.url + "/v1beta/openai/", "GOOGLE_API_KEY": "sk-g",
+               "GOOGLE_TPM": "1000000", "GOOGLE_RPM": "1000", "METRICS_TOKEN": "rl-metrics-token"}
+        stack: Stack = make_stack(env)
+        job = stack.wait(stack.submit(), timeout=60)
 
-    tpm, window_s = 60_000, 40.0
+        assert job["status"] == "succeeded", job["error"]
+        assert groq.count(429) == 0 and google.count(429) == 0
+        assert groq.count() == 3 and google.count() == 4  # 5 personas, synthesis, critique
+        calls = stack.calls(job["id"])
+        skipped = [c for c in calls if c.provider == "groq" and c.outcome == "skipped_ratelimit"]
+        assert len(skipped) == 4 and all(c.wait_ms > 3_600_000 for c in skipped)  # hours away
+        assert not [c for c in calls if c.outcome == "deferred"]  # google had room: no waiting
+
+        from tests.integration.conftest import AUTH_A
+
+        providers = {p["name"]: p for p in
+                     stack.client.get("/v1/providers", headers=AUTH_A).json()["providers"]}
+        day = providers["groq"]["bucket"]
+        assert (day["requests_today"], day["request_day_capacity"]) == (0, 3)
+        assert day["token_day_capacity"] == 500_000 and day["tokens_today"] < 500_000
+        assert day["day_resets_at"] is not None and day["wait_ms"] > 3_600_000
+        assert providers["google"]["bucket"]["requests_today"] == 1_500 - 4  # its default cap
+        metrics = stack.client.get("/metrics", headers={"Authorization": "Bearer rl-metrics-token"})
+        lines = metrics.text.splitlines()
+        assert 'masterplan_bucket_day_remaining{bucket="requests",provider="groq"} 0.0' in lines
+        assert 'masterplan_bucket_day_capacity{bucket="requests",provider="groq"} 3.0' in lines
+        assert 'masterplan_metrics_source_up{source="limiter"} 1.0' in lines
+
+
+@pytest.mark.parametrize("counts", ["actual", "reserved"])
+def test_three_worker_processes_share_one_bucket(tmp_path: Path, redis_url: str, counts: str) -> None:
+    """Demand above the limit from 3 processes: zero 429s and >= 95% of the allowance used,
+    whether the provider settles what a call used or keeps the whole reservation (prompt +
+    max_tokens, as OpenAI counts) and our buckets are told which (GROQ_LIMIT_COUNTS)."""
+
+    tpm, window_s = 60_000, 35.0
     redis_db = _redis_url(11)
-    with FakeProvider(flavor="groq", api_key="sk-q", tpm=tpm, rpm=100_000) as fake, \
+    with FakeProvider(flavor="groq", api_key="sk-q", tpm=tpm, rpm=100_000,
+                      limit_counts=counts) as fake, \
             fresh_pg_database("mp_rl") as db_url:
+        # A prefix of its own: the buckets, cooldowns and queues the other case left in Redis
+        # (an empty bucket, to begin with) are not this one's.
         env = clean_env(REDIS_URL=redis_db, DATABASE_URL=db_url, API_KEYS="rl-key",
+                        REDIS_KEY_PREFIX=f"mptest-rl-{uuid.uuid4().hex[:8]}",
                         LLM_PROVIDERS="groq", **groq_env(fake, tpm, 100_000),
+                        GROQ_LIMIT_COUNTS=counts,
                         **(SEED_ENV | {"SYNTHESIS_MAX_TOKENS": "400", "CRITIQUE_MAX_TOKENS": "200"}))
         import subprocess
 
@@ -124,7 +170,7 @@ def test_three_worker_processes_share_one_bucket(tmp_path: Path, redis_url: str)
             api.stop()
     calls = fake.calls
     assert not [c for c in calls if c.status == 429]
-    admitted = sum(c.input_tokens + c.output_tokens for c in calls
-                   if c.status == 200 and c.at <= t0 + window_s)
+    # What the provider charged: the tokens used, or (reserved) the prompt and all of max_tokens.
+    admitted = sum(c.charged for c in calls if c.status == 200 and c.at <= t0 + window_s)
     allowed = tpm + tpm / 60 * window_s
     assert admitted >= 0.95 * allowed, (admitted, allowed)

@@ -20,6 +20,7 @@ from masterplan.errors import (
 from masterplan.llm.anthropic_provider import AnthropicProvider
 from masterplan.llm.base import Completion, LLMRequest, Message, StreamEnd
 from masterplan.llm.openai_compat import OpenAICompatProvider
+from masterplan.llm.structured import strict_schema
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
 from testkit.fake_provider import FakeProvider
@@ -115,7 +116,8 @@ def test_openai_request_shape(openai_fake: FakeProvider) -> None:
     req = request()
     adapter_for(openai_fake).complete(req)
     body = openai_fake.calls[-1].body
-    assert body["response_format"] == {"type": "json_object"}
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "PersonaOutput", "schema": strict_schema(PersonaOutput), "strict": False}}
     assert body["messages"][0] == {"role": "system", "content": req.system}
     assert body["messages"][1]["role"] == "user"
     assert body["max_tokens"] == req.max_tokens
@@ -129,17 +131,24 @@ def test_openai_no_response_format_without_schema(openai_fake: FakeProvider) -> 
     assert IDEA in done.text
 
 
-def test_openai_json_modes(openai_fake: FakeProvider) -> None:
+def test_openai_structured_output_modes(openai_fake: FakeProvider) -> None:
     url = openai_fake.openai_base_url
-    schema_mode = OpenAICompatProvider("x", "m", url, SecretStr(KEY), json_mode="json_schema")
-    PersonaOutput.model_validate_json(schema_mode.complete(request()).text)
+    strict = OpenAICompatProvider("x", "m", url, SecretStr(KEY), structured_output="json_schema",
+                                  strict=True)
+    PersonaOutput.model_validate_json(strict.complete(request()).text)
     fmt = openai_fake.calls[-1].body["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "PersonaOutput"
-    plain = OpenAICompatProvider("x", "m", url, SecretStr(KEY), json_mode="none")
-    PersonaOutput.model_validate_json(plain.complete(request()).text)
+    assert fmt["json_schema"]["strict"] is True
+    # JSON mode and the prompt alone: the honest fake does not fit a schema it was not sent.
+    mode = OpenAICompatProvider("x", "m", url, SecretStr(KEY), structured_output="json_object")
+    assert json.loads(mode.complete(request()).text)
+    assert openai_fake.calls[-1].body["response_format"] == {"type": "json_object"}
+    plain = OpenAICompatProvider("x", "m", url, SecretStr(KEY), structured_output="prompt")
+    plain.complete(request())
     assert "response_format" not in openai_fake.calls[-1].body
-    with pytest.raises(ValueError):
-        OpenAICompatProvider("x", "m", url, SecretStr(KEY), json_mode="yaml")
+    for wrong in ("yaml", "tool"):
+        with pytest.raises(ValueError):
+            OpenAICompatProvider("x", "m", url, SecretStr(KEY), structured_output=wrong)  # type: ignore[arg-type]
 
 
 def test_anthropic_forced_tool_use(anthropic_fake: FakeProvider) -> None:

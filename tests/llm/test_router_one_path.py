@@ -196,7 +196,7 @@ def test_a_stream_falls_back_when_the_provider_is_down(fakes, redis_client) -> N
     seen: list[int] = []
 
     attempts: list[Attempt] = []
-    items = list(router.stream(REQ, attempts, before_call=seen.append))
+    items = list(router.stream(REQ, attempts, before_call=lambda n, cfg, r: seen.append(n)))
 
     assert isinstance(items[-1], StreamEnd) and items[-1].provider == "anthropic"
     assert [(a.provider, a.outcome) for a in attempts] == [("groq", "timeout"), ("anthropic", "ok")]

@@ -212,7 +212,7 @@ def test_a_429_while_redis_dies_keeps_its_row_and_the_next_provider_defers(
     router = router_for(fakes, client)
     fakes["anthropic"].fail_next(status=429, retry_after_s=20)
 
-    def redis_dies(n: int) -> None:
+    def redis_dies(n: int, *_: object) -> None:
         # The 429 comes back at once, so Redis dies between admission and the reply.
         if n == 0:
             redis_server.kill()
@@ -281,7 +281,7 @@ def test_before_call_stops_the_chain_after_the_first_failure(fakes, client) -> N
     seen: list[int] = []
     stop = Cancelled("job cancelled")
 
-    def cancel_second(n: int) -> None:
+    def cancel_second(n: int, *_: object) -> None:
         seen.append(n)
         if n == 1:
             raise stop
@@ -303,10 +303,14 @@ def test_before_call_counts_repairs_but_not_skipped_providers(fakes, client) -> 
     router.cooldowns.rate_limited("anthropic", 30_000, "429")
     replies = iter(["{not json"])
     fakes["groq"].responder = lambda p: next(replies, None) or default_responder(p)
-    seen: list[int] = []
+    seen: list[tuple[int, str, int]] = []
 
-    completion = router.route(REQ, before_call=seen.append).completion
+    completion = router.route(REQ, before_call=lambda n, cfg, r: seen.append((n, cfg.name, r.tokens))
+                              ).completion
 
-    assert completion.provider == "groq" and seen == [0, 1]  # the call, then its repair
+    # The call, then its repair (a longer prompt: the bad reply and the error are sent back).
+    assert completion.provider == "groq" and [(n, name) for n, name, _ in seen] == [
+        (0, "groq"), (1, "groq")]
+    assert seen[1][2] > seen[0][2] == reservation_tokens(REQ.prompt_chars, REQ.max_tokens)
     assert fakes["anthropic"].count() == 0
     assert router.complete(REQ).provider == "groq"  # the Provider-shaped call still works

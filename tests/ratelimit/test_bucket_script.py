@@ -6,6 +6,7 @@ refill and wait below is an exact number.
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import Any
 
@@ -29,7 +30,7 @@ T = 1_700_000_000_000  # an arbitrary epoch-ms start; all times below are relati
 P = "groq"
 
 
-def make(client: Any, prefix: str, **limits: int) -> TokenBucketLimiter:
+def make(client: Any, prefix: str, **limits: Any) -> TokenBucketLimiter:
     return TokenBucketLimiter(client, {P: BucketLimits(**limits)}, prefix=prefix)
 
 
@@ -367,3 +368,176 @@ def test_estimates() -> None:
     assert reservation_tokens(10, 100) == 103
     with pytest.raises(ValueError):
         estimate_prompt_tokens(-1)
+
+
+# -- daily caps: more buckets in the same script ----------------------------------------------
+
+# T is 2023-11-14 22:13:20 UTC (14:13:20 in Los Angeles, PST).
+UTC_MIDNIGHT = 1_700_006_400_000  # 2023-11-15 00:00 UTC
+LA_MIDNIGHT = 1_700_035_200_000  # 2023-11-15 00:00 PST = 08:00 UTC
+DAY = 86_400_000
+
+
+def day_levels(lim: TokenBucketLimiter, now_ms: int) -> tuple[int | None, int | None]:
+    s = lim.status(P, now_ms=now_ms)
+    return s.tokens_today, s.requests_today
+
+
+def test_requests_per_day_wait_exactly_until_utc_midnight(redis_client: Any, key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=1_000_000, rpm=100, rpd=2)
+    assert lim.reserve(P, 10, now_ms=T).granted
+    assert lim.reserve(P, 10, now_ms=T + 1_000).granted
+    # The minute buckets have room; the day has none until it resets at midnight UTC.
+    assert lim.reserve(P, 10, now_ms=T + 1_000) == Decision(False, UTC_MIDNIGHT - T - 1_000,
+                                                            False, None)
+    assert lim.reserve(P, 10, now_ms=UTC_MIDNIGHT - 1).wait_ms == 1
+    s = lim.status(P, now_ms=T + 2_000)
+    assert (s.requests_today, s.request_day_capacity, s.tokens_today, s.token_day_capacity) == (
+        0, 2, None, None)
+    assert s.wait_ms == UTC_MIDNIGHT - T - 2_000 and s.day_resets_at_ms == UTC_MIDNIGHT
+    # A new day: full again, whatever was spent.
+    assert lim.reserve(P, 10, now_ms=UTC_MIDNIGHT).granted
+    assert day_levels(lim, UTC_MIDNIGHT) == (None, 1)
+    assert lim.status(P, now_ms=UTC_MIDNIGHT).day_resets_at_ms == UTC_MIDNIGHT + DAY
+
+
+def test_tokens_per_day_reset_at_midnight_in_the_providers_zone(redis_client: Any,
+                                                                 key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=10_000, rpm=100, tpd=1_000,
+               day_reset="America/Los_Angeles")
+    assert lim.reserve(P, 900, now_ms=T).granted
+    assert day_levels(lim, T) == (100, None)
+    # 101 tokens: the minute refills in 0.6 s, the day only at midnight in Los Angeles.
+    assert lim.reserve(P, 101, now_ms=T + 60_000).wait_ms == LA_MIDNIGHT - T - 60_000
+    assert not lim.reserve(P, 101, now_ms=UTC_MIDNIGHT).granted  # UTC's midnight is not the one
+    assert lim.reserve(P, 101, now_ms=LA_MIDNIGHT).granted
+    assert day_levels(lim, LA_MIDNIGHT) == (899, None)
+
+
+def test_a_rolling_day_refills_continuously(redis_client: Any, key_prefix: str) -> None:
+    # 1,440 requests a day is one a minute; 8,640 tokens a day one every 10 s.
+    lim = make(redis_client, key_prefix, tpm=100_000, rpm=10_000, rpd=1_440, tpd=8_640,
+               day_reset="rolling")
+    assert lim.reserve(P, 100, requests=1_440, now_ms=T).granted
+    assert lim.reserve(P, 1, now_ms=T).wait_ms == 60_000  # the request, not the token (10 s)
+    assert lim.reserve(P, 1, now_ms=T + 59_999).wait_ms == 1
+    assert lim.reserve(P, 1, now_ms=T + 60_000).granted
+    s = lim.status(P, now_ms=T + 60_000)
+    assert (s.tokens_today, s.requests_today) == (8_545, 0)
+    # Full again once the emptier bucket has refilled: the requests, 1,440 minutes from now.
+    assert s.day_resets_at_ms == T + 60_000 + DAY
+
+
+def test_every_bucket_is_debited_or_none(redis_client: Any, key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=1_000, rpm=1, tpd=5_000, rpd=10)
+    assert lim.reserve(P, 100, now_ms=T).granted
+    assert not lim.reserve(P, 100, now_ms=T).granted  # the minute's one request is gone
+    assert day_levels(lim, T) == (4_900, 9)  # so the day was not charged either
+    day = make(redis_client, key_prefix + "d", tpm=10_000, rpm=100, tpd=150, rpd=10)
+    assert day.reserve(P, 100, now_ms=T).granted
+    assert not day.reserve(P, 100, now_ms=T).granted  # 50 tokens left today
+    assert levels(day, T) == (9_900, 99)  # the minute buckets kept what they had
+
+
+def test_a_call_larger_than_the_day_never_fits(redis_client: Any, key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=10_000, rpm=100, tpd=500, rpd=3)
+    assert lim.reserve(P, 501, now_ms=T) == Decision(False, 0, True, None)
+    assert lim.reserve(P, 1, requests=4, now_ms=T) == Decision(False, 0, True, None)
+    # The script says so on its own too (another process may run with other limits).
+    source = resources.files("masterplan.ratelimit").joinpath("bucket.lua").read_text()
+    script = redis_client.register_script(source)
+    keys = [*lim.keys_for(P), *lim.day_keys_for(P)]
+    args = ["reserve", T, 10_000, 10_000, 100, 100, 501, 1, "", "", 500, 3, UTC_MIDNIGHT]
+    assert script(keys=keys, args=args) == -1
+    assert redis_client.exists(*keys) == 0
+
+
+def test_the_day_is_settled_with_the_minute(redis_client: Any, key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=10_000, rpm=100, tpd=5_000)
+    d = lim.reserve(P, 1_000, now_ms=T)
+    assert d.reservation is not None
+    lim.reconcile(d.reservation, 400, now_ms=T)  # a refund to both
+    assert (levels(lim, T)[0], day_levels(lim, T)[0]) == (9_600, 4_600)
+    d = lim.reserve(P, 1_000, now_ms=T)
+    assert d.reservation is not None
+    lim.reconcile(d.reservation, 4_000, now_ms=T)  # debt in both
+    assert day_levels(lim, T)[0] == 600
+    lim.reconcile(Reservation(P, 0, 0), 1_600, now_ms=T)
+    assert day_levels(lim, T)[0] == -1_000
+    assert lim.reserve(P, 1, now_ms=T).wait_ms == UTC_MIDNIGHT - T  # debt waits for the reset
+    assert day_levels(lim, UTC_MIDNIGHT) == (5_000, None)  # and a new day forgets it
+
+
+def test_a_provider_that_counts_the_reservation_refunds_nothing(redis_client: Any,
+                                                                key_prefix: str) -> None:
+    actual = make(redis_client, key_prefix + "a", tpm=10_000, rpm=100, tpd=50_000)
+    reserved = make(redis_client, key_prefix, tpm=10_000, rpm=100, tpd=50_000, counts="reserved")
+    for lim in (actual, reserved):
+        d = lim.reserve(P, 1_000, now_ms=T)
+        assert d.reservation is not None
+        lim.settle(d.reservation, 300, now_ms=T)
+    assert (levels(actual, T)[0], day_levels(actual, T)[0]) == (9_700, 49_700)
+    assert (levels(reserved, T)[0], day_levels(reserved, T)[0]) == (9_000, 49_000)
+    # More than reserved is debt either way.
+    d = reserved.reserve(P, 1_000, now_ms=T)
+    assert d.reservation is not None
+    reserved.settle(d.reservation, 1_500, now_ms=T)
+    assert levels(reserved, T)[0] == 7_500
+    # A call the provider never counted is handed back whole, whatever it charges for answers.
+    d = reserved.reserve(P, 1_000, now_ms=T)
+    assert d.reservation is not None
+    reserved.reconcile(d.reservation, 0, now_ms=T)
+    assert levels(reserved, T)[0] == 7_500
+
+
+def test_headroom_is_kept_in_the_minute_buckets_only(redis_client: Any, key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=600, rpm=100, tpd=500)
+    # 450 of the day's 500 leaves less than a fifth of it, but the headroom is a minute's.
+    assert lim.reserve(P, 450, keep=0.2, now_ms=T).granted
+    assert day_levels(lim, T)[0] == 50
+
+
+def test_a_redis_clock_past_the_callers_midnight_is_in_the_next_window(redis_client: Any,
+                                                                        key_prefix: str) -> None:
+    # The caller still believes the day ends at UTC_MIDNIGHT; Redis's clock is already past it.
+    source = resources.files("masterplan.ratelimit").joinpath("bucket.lua").read_text()
+    script = redis_client.register_script(source)
+    lim = make(redis_client, key_prefix, tpm=1_000, rpm=100, rpd=1)
+    keys = [*lim.keys_for(P), *lim.day_keys_for(P)]
+    limits = [1_000, 1_000, 100, 100]
+    now = UTC_MIDNIGHT + 10
+    assert script(keys=keys, args=["reserve", now, *limits, 1, 1, "", "", "", 1, UTC_MIDNIGHT]) == 0
+    assert script(keys=keys, args=["reserve", now, *limits, 1, 1, "", "", "", 1, UTC_MIDNIGHT]) == (
+        DAY - 10)
+    wait, _, _, day_tokens, day_requests, resets = script(
+        keys=keys, args=["peek", now, *limits, "", "", "", "", "", 1, UTC_MIDNIGHT])
+    assert (wait, day_tokens, day_requests, resets) == (DAY - 10, None, 0, UTC_MIDNIGHT + DAY)
+
+
+def test_day_keys_share_the_providers_slot_and_expire_after_the_window(redis_client: Any,
+                                                                       key_prefix: str) -> None:
+    lim = make(redis_client, key_prefix, tpm=600, rpm=10, tpd=10_000, rpd=100)
+    day_tokens, day_requests = lim.day_keys_for(P)
+    assert day_tokens == f"{key_prefix}:rl:{{groq}}:tokens-day"
+    assert key_slot(day_tokens.encode()) == key_slot(day_requests.encode()) == key_slot(b"groq")
+    assert lim.reserve(P, 100).granted  # on Redis's own clock
+    until_midnight = DAY - int(time.time() * 1000) % DAY
+    for key in (day_tokens, day_requests):
+        assert until_midnight - 10_000 < redis_client.pttl(key) <= until_midnight + 5_000
+    rolling = make(redis_client, key_prefix + "r", tpm=600, rpm=10, rpd=1_440, day_reset="rolling")
+    assert rolling.reserve(P, 1).granted  # one of 1,440 a day: back in a minute
+    assert 55_000 < redis_client.pttl(rolling.day_keys_for(P)[1]) <= 65_000
+
+
+def test_daily_limits_are_checked() -> None:
+    lim = BucketLimits(tpm=6_000, rpm=30, tpd=500_000, rpd=14_400, day_reset="rolling")
+    assert lim.daily and not BucketLimits(tpm=1, rpm=1).daily
+    for bad in (
+        {"tpd": 0},
+        {"rpd": 10**8 + 1},
+        {"day_reset": "Mars/Olympus_Mons"},
+        {"day_reset": "tomorrow"},
+        {"counts": "both"},
+    ):
+        with pytest.raises(ValueError):
+            BucketLimits(tpm=1, rpm=1, **bad)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import openai
 import pydantic
 import pytest
 
+from masterplan.llm.structured import strict_schema
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
 from testkit.fake_provider import FakeProvider
@@ -28,6 +29,9 @@ MESSAGES = [{"role": "system", "content": REQ.system},
             {"role": "user", "content": REQ.messages[0].content}]
 TOOL = {"name": "PersonaOutput", "description": "Record the analysis.",
         "input_schema": PersonaOutput.model_json_schema()}
+# What the project sends an OpenAI-compatible provider: the fake fits only a schema it is sent.
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {
+    "name": "PersonaOutput", "schema": strict_schema(PersonaOutput), "strict": True}}
 
 
 def oai(fake: FakeProvider, **kw: object) -> openai.OpenAI:
@@ -39,14 +43,14 @@ def claude(fake: FakeProvider, **kw: object) -> anthropic.Anthropic:
 
 
 def json_call(client: openai.OpenAI, *, stream: bool = False) -> str:
-    """A persona-shaped JSON-mode call; the text it got."""
+    """A persona-shaped structured-output call (response_format json_schema); the text it got."""
     if not stream:
         r = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=REQ.max_tokens,
-                                           response_format={"type": "json_object"})
+                                           response_format=SCHEMA_FORMAT)  # type: ignore[arg-type]
         return r.choices[0].message.content or ""
     chunks = client.chat.completions.create(
         model="m", messages=MESSAGES, max_tokens=REQ.max_tokens, stream=True,
-        response_format={"type": "json_object"}, stream_options={"include_usage": True})
+        response_format=SCHEMA_FORMAT, stream_options={"include_usage": True})  # type: ignore[arg-type]
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import anthropic
 import httpx
 import openai
+import pydantic
 import pytest
 
+from masterplan.llm.structured import strict_schema
 from masterplan.personas import persona_request
 from masterplan.schemas import PersonaOutput
 from testkit.fake_limits import go_duration
@@ -33,6 +35,9 @@ TOOL = {
     "description": "Record the analysis.",
     "input_schema": PersonaOutput.model_json_schema(),
 }
+# What the project sends an OpenAI-compatible provider for structured output.
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {
+    "name": "PersonaOutput", "schema": strict_schema(PersonaOutput), "strict": True}}
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
 
 
@@ -56,9 +61,9 @@ def small(client: openai.OpenAI, max_tokens: int = 50) -> object:
     )
 
 
-def test_openai_json_mode_validates_and_counts_tokens(fake: FakeProvider) -> None:
+def test_openai_json_schema_fits_and_counts_tokens(fake: FakeProvider) -> None:
     r = oai(fake).chat.completions.create(
-        model="llama", messages=OPENAI_MESSAGES, response_format={"type": "json_object"},
+        model="llama", messages=OPENAI_MESSAGES, response_format=SCHEMA_FORMAT,  # type: ignore[arg-type]
         max_tokens=REQ.max_tokens,
     )
     text = r.choices[0].message.content or ""
@@ -71,14 +76,84 @@ def test_openai_json_mode_validates_and_counts_tokens(fake: FakeProvider) -> Non
     (call,) = fake.calls
     assert (call.api, call.status, call.streamed) == ("openai", 200, False)
     assert call.headers["authorization"] == f"Bearer {KEY}"
-    assert call.body["response_format"] == {"type": "json_object"}
+    assert call.body["response_format"] == SCHEMA_FORMAT
     assert fake.tokens_admitted == r.usage.total_tokens
+
+
+def test_only_what_the_request_demands_shapes_the_answer(fake: FakeProvider) -> None:
+    # The prompt names the schema and asks for JSON in every call (REQ.system does).
+    assert "PersonaOutput" in OPENAI_MESSAGES[0]["content"]
+    client = oai(fake)
+    mode = client.chat.completions.create(model="m", messages=OPENAI_MESSAGES,
+                                          response_format={"type": "json_object"})
+    data = json.loads(mode.choices[0].message.content or "")
+    assert isinstance(data, dict) and data  # valid JSON, an object ...
+    with pytest.raises(pydantic.ValidationError):
+        PersonaOutput.model_validate(data)  # ... that follows no schema
+    plain = client.chat.completions.create(model="m", messages=OPENAI_MESSAGES)
+    with pytest.raises(ValueError):
+        json.loads(plain.choices[0].message.content or "")  # prose
+    # A tool that is offered but not forced is no demand either.
+    m = claude(fake).messages.create(
+        model="c", max_tokens=REQ.max_tokens, system=REQ.system,
+        messages=[{"role": "user", "content": REQ.messages[0].content}], tools=[TOOL])
+    assert [b.type for b in m.content] == ["text"]
+
+
+def test_a_schema_of_its_own_is_answered_from_that_schema(fake: FakeProvider) -> None:
+    schema = {"type": "object", "additionalProperties": False, "required": ["pitch", "score",
+              "tags"], "properties": {"pitch": {"type": "string"}, "score": {"type": "integer"},
+                                      "tags": {"type": "array", "items": {"type": "string"}}}}
+    r = oai(fake).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Startup idea:\nbike repair"}],
+        response_format={"type": "json_schema",  # type: ignore[arg-type]
+                         "json_schema": {"name": "Pitch", "schema": schema, "strict": True}})
+    data = json.loads(r.choices[0].message.content or "")
+    assert set(data) == {"pitch", "score", "tags"} and "bike repair" in data["pitch"]
+    assert isinstance(data["score"], int) and data["tags"]
+
+
+def test_json_schema_unsupported_is_a_400_in_each_providers_words() -> None:
+    words = {"openai": "'response_format' of type 'json_schema' is not supported",
+             "groq": "does not support response format `json_schema`",
+             "gemini": "response_format json_schema is not supported by this model"}
+    for flavor, said in words.items():
+        with FakeProvider(flavor=flavor, json_schema_unsupported=True) as f:  # type: ignore[arg-type]
+            client = oai(f)
+            with pytest.raises(openai.BadRequestError) as exc:
+                client.chat.completions.create(model="m", messages=OPENAI_MESSAGES,
+                                               response_format=SCHEMA_FORMAT)  # type: ignore[arg-type]
+            assert said in str(exc.value.response.json()), flavor
+            # JSON mode and plain calls are still answered
+            client.chat.completions.create(model="m", messages=OPENAI_MESSAGES,
+                                           response_format={"type": "json_object"})
+            assert [c.status for c in f.calls] == [400, 200]
+            assert f.tokens_admitted == f.calls[1].input_tokens + f.calls[1].output_tokens
+
+
+def test_ignore_instructions_answers_a_schema_with_json_that_does_not_fit_it() -> None:
+    with FakeProvider(ignore_instructions=True) as f:
+        r = oai(f).chat.completions.create(model="m", messages=OPENAI_MESSAGES,
+                                           response_format=SCHEMA_FORMAT)  # type: ignore[arg-type]
+        data = json.loads(r.choices[0].message.content or "")
+        with pytest.raises(pydantic.ValidationError):
+            PersonaOutput.model_validate(data)
+        m = claude(f).messages.create(
+            model="c", max_tokens=REQ.max_tokens, system=REQ.system,
+            messages=[{"role": "user", "content": REQ.messages[0].content}],
+            tools=[TOOL], tool_choice={"type": "tool", "name": "PersonaOutput"})
+        (block,) = m.content
+        assert block.type == "tool_use" and isinstance(block.input, dict) and block.input
+        with pytest.raises(pydantic.ValidationError):
+            PersonaOutput.model_validate(block.input)
+        assert "hello" in (small(oai(f)).choices[0].message.content or "")  # type: ignore[attr-defined]
+        assert f.stats()["ignore_instructions"] is True
 
 
 def test_gemini_prefix_path(fake: FakeProvider) -> None:
     client = openai.OpenAI(base_url=fake.url + "/v1beta/openai", api_key=KEY, max_retries=0)
     r = client.chat.completions.create(
-        model="gemini-2.0-flash", messages=OPENAI_MESSAGES, response_format={"type": "json_object"}
+        model="gemini-2.0-flash", messages=OPENAI_MESSAGES, response_format=SCHEMA_FORMAT,  # type: ignore[arg-type]
     )
     PersonaOutput.model_validate_json(r.choices[0].message.content or "")
     assert fake.calls[0].path == "/v1beta/openai/chat/completions"
@@ -109,7 +184,7 @@ def test_anthropic_forced_tool_use(fake: FakeProvider) -> None:
 def test_streams_end_with_usage(fake: FakeProvider) -> None:
     chunks = list(
         oai(fake).chat.completions.create(
-            model="m", messages=OPENAI_MESSAGES, response_format={"type": "json_object"},
+            model="m", messages=OPENAI_MESSAGES, response_format=SCHEMA_FORMAT,  # type: ignore[arg-type]
             stream=True, stream_options={"include_usage": True},
         )
     )
@@ -409,6 +484,21 @@ def fake_process(*args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+def test_subprocess_structured_output_flags() -> None:
+    with fake_process("--json-schema-unsupported") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="m", messages=OPENAI_MESSAGES,
+                                           response_format=SCHEMA_FORMAT)  # type: ignore[arg-type]
+        assert httpx.get(url + "/_fake/stats").json()["json_schema_unsupported"] is True
+    with fake_process("--ignore-instructions") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        r = client.chat.completions.create(model="m", messages=OPENAI_MESSAGES,
+                                           response_format=SCHEMA_FORMAT)  # type: ignore[arg-type]
+        with pytest.raises(pydantic.ValidationError):
+            PersonaOutput.model_validate_json(r.choices[0].message.content or "")
 
 
 def test_subprocess_mode() -> None:
