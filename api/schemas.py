@@ -163,7 +163,7 @@ class ProviderPublic(BaseModel):
     configured: bool
     cooldown_until: datetime | None
     cooldown_reason: str | None
-    circuit: str  # closed | open
+    circuit: str  # closed | open | half_open
     consecutive_failures: int
     bucket: BucketPublic | None
     tpm: int | None

@@ -9,7 +9,7 @@
 
 Names for --only: profile, throughput, latency, critical, concurrency, scaling, memory,
 limiter, burst, sustained (those three are the rate-limit benchmark; `ratelimit` = all
-three), streams, fairness.
+three), streams, fairness, silent.
 
 Needs PostgreSQL (BENCH_PG_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres;
 a fresh database is created and dropped for each measurement) and Redis (BENCH_REDIS_URL,
@@ -36,7 +36,7 @@ from bench import harness as H
 from bench import report
 
 SECTIONS = ("profile", "throughput", "latency", "critical", "concurrency", "scaling", "memory",
-            "limiter", "burst", "sustained", "streams", "fairness")
+            "limiter", "burst", "sustained", "streams", "fairness", "silent")
 
 NOTES = [
     "Ours: `celery -A workers worker` processes, LLM_PROVIDERS=stub behind the token bucket "
@@ -85,15 +85,25 @@ NOTES = [
     "idle percentile of the same repeat. API CPU is sampled over 3 s with nothing but the open "
     "streams (the watcher's polling and the connections). Freed = from the helper's exit to "
     "GET /v1/streams reporting no stream and no watcher.",
-    "Fair share: one fake provider process (groq flavour, 30,000 TPM / 300 RPM, 0.3 s per "
-    "call), the API and one worker process (threads -c 32), a fresh database per way. Key A "
-    "POSTs the flood as fast as it can (KEY_SUBMISSIONS_PER_MIN off, so every job is stored); "
-    "once the provider's bucket is below a tenth of its capacity, key B submits one job at a "
-    "time. A job's time is finished_at - created_at from the API. Idle: B's job alone, the "
+    "Fair share: one fake provider process (groq flavour, 60,000 TPM / 600 RPM, 0.3 s per "
+    "call; a job reserves about 8,000 tokens), the API and one worker process (threads -c 32), "
+    "a fresh database per way. Key A POSTs the flood as fast as it can "
+    "(KEY_SUBMISSIONS_PER_MIN off, so every job is stored); once the provider's bucket is below "
+    "a tenth of its capacity, key B submits one job at a time, 15 s apart (the first finds the "
+    "bucket drained by a single tenant; the later ones find the headroom). A job's time is "
+    "finished_at - created_at from the API. Idle: B's job alone, the "
     "bucket refilled in between. Fair: the defaults (KEY_MAX_JOBS_IN_FLIGHT=8, "
     "FAIR_HEADROOM=0.2). First come first served: KEY_MAX_JOBS_IN_FLIGHT very high and "
     "FAIR_HEADROOM=0, as the system was before; a job not finished within the timeout counts "
     "as the timeout.",
+    "Silent provider: in process, one Router through the real SDKs over two fake providers "
+    "(groq flavour first, in hang mode: it accepts the connection and never answers; gemini "
+    "second, honest, no latency), buckets and circuits on the benchmark Redis; N persona calls "
+    "one after the other with the silent one first, each after one against the honest provider "
+    "alone (the baseline, its own router), after one untimed warm-up call. Added = a call's "
+    "wall time - the baseline's median; before = calls that reached the silent provider (their "
+    "first ledger row a timeout), after = calls that skipped it (circuit open); "
+    "CIRCUIT_FAILURES and CIRCUIT_OPEN_S at their defaults.",
 ]
 
 
@@ -117,7 +127,8 @@ def _config(quick: bool) -> dict[str, Any]:
             "burst": {"repeats": 1, "limits": fast},
             "sustained": None,
             "streams": {"streams": 200, "jobs": 200, "requests": 100, "repeats": 1},
-            "fairness": {"flood": 40, "repeats": 1, "timeout": 60},
+            "fairness": {"flood": 40, "repeats": 2, "timeout": 60},
+            "silent": {"calls": 10, "repeats": 1, "first_token_s": 1.0},
         }
     return {
         "profile": {"n_jobs": 200},
@@ -136,7 +147,8 @@ def _config(quick: bool) -> dict[str, Any]:
         "burst": {"repeats": 3, "limits": Limits()},
         "sustained": {"repeats": 2, "window": 90.0, "limits": Limits()},
         "streams": {"streams": 1000, "jobs": 1000, "requests": 300, "repeats": 3},
-        "fairness": {"flood": 200, "repeats": 3, "timeout": 180},
+        "fairness": {"flood": 200, "repeats": 4, "timeout": 120},
+        "silent": {"calls": 30, "repeats": 3, "first_token_s": 10.0},
     }
 
 
@@ -203,6 +215,10 @@ def run(sections: list[str], quick: bool) -> dict[str, Any]:
         from bench import fairness as FS
 
         results["fairness"] = FS.measure_fairness(**cfg["fairness"])
+    if "silent" in sections:
+        from bench import silent as SI
+
+        results["silent"] = SI.measure_silent(**cfg["silent"])
     results["meta"]["duration_s"] = time.monotonic() - t0
     results["meta"]["load_avg_at_end"] = os.getloadavg()
     return results

@@ -136,13 +136,27 @@ def headline(r: dict[str, Any]) -> list[list[str]]:
             f"{_m(st[f'{h}_ratio_p95'])}; {_m(st[f'{sub}_ratio_p95'])}", "p95 ≤ 2× idle",
             "yes" if max(_med(st[f"{k}_ratio_p95"]) or 99 for k in (h, sub)) <= 2.0 else "**no**"])
     if fs := r.get("fairness"):
-        worst = max(fs["fair_ratio"], default=float("nan"))
+        first, *later = fs["fair_ratio"] or [float("nan")]
+        worst = max(later, default=float("nan"))
         rows.append([
             f"9. Fair share: key B's one job (s) while key A's {fs['flood']} jobs wait on a "
             f"{fs['tpm']:,} TPM provider",
-            _m(fs["fair_s"], "{:.2f}"), f"idle {_m(fs['idle_s'], '{:.2f}')}; first come first "
-            f"served {_m(fs['unfair_s'], '{:.1f}')}", f"worst {worst:.2f}× idle", "≤ 2× idle",
-            "yes" if worst <= 2.0 else "**no**"])
+            ", ".join(f"{t:.2f}" for t in fs["fair_s"]["runs"]),
+            f"idle {_m(fs['idle_s'], '{:.2f}')}; first come first served "
+            f"{_m(fs['unfair_s'], '{:.1f}')}",
+            f"first newcomer {first:.1f}× idle; after it, worst {worst:.2f}×",
+            "≤ 2× idle", "yes" if worst <= 2.0 else "**no**"])
+    if si := r.get("silent"):
+        before, after = _med(si["added_before_ms"]), _med(si["added_after_ms"])
+        met = before is not None and after is not None \
+            and before <= si["first_token_s"] * 1000 + 250 and after <= 50
+        rows.append([
+            "10. Silent provider first in a two-provider chain: added latency per call (ms), "
+            f"before / after its circuit opens (first-token timeout {si['first_token_s']:g} s)",
+            f"{_m(si['added_before_ms'], '{:.0f}')} / {_m(si['added_after_ms'], '{:.1f}')}",
+            f"before: LLM_TIMEOUT_S ({si['timeout_s']:g} s) per call",
+            f"{_m(si['calls_paying'], '{:.0f}')} of {si['calls']} calls paid",
+            "≤ first-token timeout, then ~0", "yes" if met else "**no**"])
     return rows
 
 
@@ -224,6 +238,20 @@ def _details(r: dict[str, Any]) -> list[str]:
                 f"API CPU with only the streams open {_m(st['api_cpu_pct_quiet_streams'], '{:.1f}')}"
                 f"% of a core (none open: {_m(st['api_cpu_pct_quiet_no_streams'], '{:.1f}')}%); "
                 f"every stream freed {_m(st['freed_s'], '{:.2f}')} s after its client left.", ""]
+    if si := r.get("silent"):
+        rows = [[label, _m(si[key], "{:.1f}")] for label, key in (
+            ("baseline call, honest provider alone (ms)", "baseline_ms"),
+            ("added per call, silent provider reached: median (ms)", "added_before_ms"),
+            ("added per call, silent provider reached: max (ms)", "added_before_max_ms"),
+            ("added per call, circuit open: median (ms)", "added_after_ms"),
+            ("added per call, circuit open: max (ms)", "added_after_max_ms"),
+            ("calls that reached the silent provider", "calls_paying"),
+            ("requests the silent provider received", "requests_to_silent"))]
+        out += [f"### 10. Silent provider ({si['repeats']} runs of {si['calls']} calls; "
+                f"LLM_FIRST_TOKEN_TIMEOUT_S {si['first_token_s']:g} s, LLM_STALL_TIMEOUT_S "
+                f"{si['stall_s']:g} s, CIRCUIT_FAILURES {si['circuit_failures']}, CIRCUIT_OPEN_S "
+                f"{si['circuit_open_s']:g} s)", "", _table(["figure", "median (min–max)"], rows),
+                ""]
     return out
 
 

@@ -8,7 +8,8 @@ and benchmarks exercise the project's adapters, retries and rate limiting end to
 
 Served: `POST .../chat/completions` (any prefix, e.g. Gemini's `/v1beta/openai`) and
 `POST /v1/messages`, streaming or not; token-bucket TPM/RPM limits with the providers' headers
-and 429 bodies; fault injection (`fail_next`, `set_mode`, `fail_stream_after`, `latency_s`) and
+and 429 bodies; fault injection (`fail_next`, `set_mode`, `fail_stream_after`, `stall_stream_after`,
+`cut_stream_end`, `latency_s`) and
 seeded random faults (`error_rate`: 500/503, or 500/529 in the Anthropic style; `truncate_rate`:
 a 200 whose content is cut in the middle, its tokens still charged).
 
@@ -185,6 +186,8 @@ class FakeProvider:
         self._calls: list[FakeCall] = []
         self._failures: list[_Failure] = []
         self._stream_break: int | None = None
+        self._stream_stall: int | None = None
+        self._stream_cut: Literal["end", "usage"] | None = None
         self._mode: str = "ok"
         self._tokens_admitted = 0
         self._wake = threading.Event()  # set to end hangs and latency sleeps early
@@ -284,6 +287,22 @@ class FakeProvider:
         with self._lock:
             self._stream_break = chunks
 
+    def stall_stream_after(self, chunks: int) -> None:
+        """The next stream goes silent after `chunks` content chunks (0: right after its headers
+        and opening events) for `hang_s`, or until `reset`/`set_mode`/`stop`, then goes on."""
+        with self._lock:
+            self._stream_stall = chunks
+
+    def cut_stream_end(self, what: Literal["end", "usage"] = "end") -> None:
+        """The next stream ends cleanly but without its end. "end": nothing after its last
+        content chunk (OpenAI: no finish_reason chunk, no usage chunk, no [DONE]; Anthropic: no
+        content_block_stop, message_delta or message_stop). "usage": OpenAI's usage chunk alone
+        is left out (asked for with stream_options.include_usage); Anthropic's message_stop."""
+        if what not in ("end", "usage"):
+            raise ValueError(f"cut_stream_end takes 'end' or 'usage', not {what!r}")
+        with self._lock:
+            self._stream_cut = what
+
     def set_faults(self, *, error_rate: float | None = None, truncate_rate: float | None = None,
                    seed: int | None = None) -> None:
         """Change the random fault rates (None: unchanged); a seed restarts the sequence."""
@@ -310,6 +329,7 @@ class FakeProvider:
             self._calls.clear()
             self._failures.clear()
             self._stream_break = None
+            self._stream_stall = self._stream_cut = None
             self._mode = "ok"
             self._tokens_admitted = 0
             self._refill_buckets()
@@ -557,6 +577,12 @@ class FakeProvider:
             breaks, self._stream_break = (
                 (self._stream_break, None) if prompt.stream else (None, self._stream_break)
             )
+            stalls, self._stream_stall = (
+                (self._stream_stall, None) if prompt.stream else (None, self._stream_stall)
+            )
+            cut, self._stream_cut = (
+                (self._stream_cut, None) if prompt.stream else (None, self._stream_cut)
+            )
         self._record(call)
         self._sleep(self.latency_s)
         if h.peer_gone():
@@ -569,12 +595,16 @@ class FakeProvider:
             frames = anthropic_events(prompt, reply, self.chunk_chars)
         else:
             frames = openai_chunks(prompt, reply, self.chunk_chars)
+        if cut is not None:
+            frames = iter(_without_end(list(frames), api, cut))
         h.start_stream(extra)
         sent = 0
         for is_content, frame in frames:
             if is_content:
                 if breaks is not None and sent >= breaks:
                     raise Hangup  # the connection drops mid-stream
+                if stalls is not None and sent == stalls:
+                    self._sleep(self.hang_s)  # silence mid-stream; the client may give up
                 if sent and self.chunk_delay_s:
                     self._sleep(self.chunk_delay_s)
                 sent += 1
@@ -587,6 +617,17 @@ class FakeProvider:
                 self._conns.add(conn)
             else:
                 self._conns.discard(conn)
+
+
+def _without_end(frames: list[tuple[bool, bytes]], api: Api,
+                 what: Literal["end", "usage"]) -> list[tuple[bool, bytes]]:
+    """A stream's frames without its end (see `FakeProvider.cut_stream_end`)."""
+    if what == "end":
+        last = max((i for i, (content, _) in enumerate(frames) if content), default=len(frames))
+        return frames[: last + 1]
+    if api == "anthropic":
+        return [f for f in frames if not f[1].startswith(b"event: message_stop")]
+    return [f for f in frames if b'"choices":[]' not in f[1]]  # the usage chunk has no choice
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from fastapi import APIRouter
 from api.deps import OwnerDep, RuntimeDep
 from api.schemas import BucketPublic, ProviderList, ProviderPublic
 from masterplan.db.models import utcnow
-from masterplan.llm.cooldowns import CooldownKind
 from masterplan.settings import provider_chain
 
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
@@ -41,7 +40,7 @@ def providers(_: OwnerDep, rt: RuntimeDep) -> ProviderList:
             configured=cfg.kind == "stub" or cfg.has_key or cfg.base_url is not None,
             cooldown_until=now + timedelta(milliseconds=st.cooling_ms) if st.cooling_ms else None,
             cooldown_reason=f"{st.kind}: {st.reason}" if st.kind else None,
-            circuit="open" if st.kind is CooldownKind.CIRCUIT_OPEN else "closed",
+            circuit=st.circuit,
             consecutive_failures=st.failures, bucket=bucket, tpm=cfg.tpm, rpm=cfg.rpm,
         ))
     return ProviderList(chain=chain, providers=out)

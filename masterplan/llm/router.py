@@ -2,21 +2,30 @@
 
 For each provider in chain order:
   cooling down (shared in Redis)      -> skip, note the wait
+  circuit open (shared in Redis)      -> skip; no wait: it is not worth waiting for
+  circuit half-open                   -> the one call (of all workers) that claims the probe
+                                         calls it; every other call skips it as still open
   token bucket says wait / never fits -> skip at once (spill over to the next provider)
   call; invalid output                -> one repair attempt, then next provider
   call; 400 refusing the structured-output mode -> the same call at once one mode weaker,
                                          remembered for every worker (structured.ModeMemory)
-  rate limited / overloaded / 5xx / timeout / bad request -> next provider, no sleep
-When nobody answered and some provider only has to wait: RetryLater(shortest wait).
-When every provider failed: AllProvidersFailed(reasons), `transient` when one failure was.
+  rate limited / overloaded / 5xx / timeout / silent or cut stream / bad request
+                                      -> next provider, no sleep
+When nobody answered and some provider only has to wait (a rate limit, a Retry-After, a
+bucket): RetryLater(shortest wait). When every provider failed, or the only ones left have an
+open circuit: AllProvidersFailed(reasons), `transient` when one failure was.
 
-A provider's turn is one function, `_turn`, for `route` and `stream` alike: admission (the
-bucket reservation), the call, its ledger row (with its latency, an error's too), settlement,
-what a reply's headers say about remaining capacity, the circuit reset, an error's consequences
-for every worker (its class decides them: masterplan.errors), and the log lines. Only the
-reading of the reply differs: whole (`Provider.complete`), or chunk by chunk
-(`Provider.stream`, through `streaming.collect`). A stream falls back only before its first
-chunk; after it, the reader has seen that provider's text, and StreamInterrupted carries it.
+Every call is streamed from the provider (`Provider.stream`, through `streaming.collect`), so
+that its adapter's first-token and stall timeouts (masterplan/llm/sdk.py) see a silent provider
+within seconds. `route` assembles the text and validates it at the end, as a whole reply;
+`stream` passes the chunks to its reader. A provider's turn is one function, `_turn`, for both:
+admission (the bucket reservation), the call, its ledger row (with its latency, an error's
+too), settlement, what a reply's headers say about remaining capacity, the circuit reset, an
+error's consequences for every worker (its class decides them: masterplan.errors), and the log
+lines. A failed stream that had produced text is settled and recorded at an estimate of what it
+produced. `stream` falls back only before its first chunk; after it, the reader has seen that
+provider's text, and StreamInterrupted carries it. `route`, whose chunks nobody saw, falls back
+whenever the stream failed.
 
 Redis trouble (the limiter and the cooldowns both raise LimiterUnavailable for it) depends only
 on which side of a provider call it strikes:
@@ -46,7 +55,7 @@ from typing import Any
 
 from masterplan import errors as E
 from masterplan.llm import structured
-from masterplan.llm.base import Completion, LLMRequest, Provider, StreamItem
+from masterplan.llm.base import Completion, LLMRequest, Provider, StreamItem, Usage
 from masterplan.llm.cooldowns import CooldownKind, Cooldowns, ProviderState
 from masterplan.llm.outcomes import SKIPS, CallOutcome
 from masterplan.llm.streaming import collect
@@ -193,26 +202,29 @@ class Router:
             _best_effort(name, "the remaining capacity it reported", self.limiter.lower, name,
                          remaining_tokens=rl.remaining_tokens,
                          remaining_requests=rl.remaining_requests)
-        if state.failures:
+        if state.failures or state.opens:
             _best_effort(name, "the reset of its failure count", self.cooldowns.succeeded, name)
 
     def _failed(self, route: Route, reservation: Reservation, exc: E.ProviderError,
-                walk: _Walk) -> None:
+                walk: _Walk, used: int = 0) -> None:
         """Classified once by the adapter; here its consequence for every worker, as its
-        class says. A wait worth waiting for goes into the walk's waits."""
+        class says. A wait worth waiting for goes into the walk's waits. `used`: the tokens a
+        stream that failed after producing text is estimated to have cost."""
         name = route.config.name
-        self._settle(route, reservation, 0)
+        self._settle(route, reservation, used, answered=used > 0)
         walk.transient = walk.transient or exc.transient
         why = f"{exc.outcome} ({exc.status})"
+        if exc.trips_circuit:
+            # Before any Retry-After cooldown: a half-open probe's failure re-opens the circuit,
+            # and a cooldown already set would make it look open already.
+            _best_effort(name, f"a {exc.outcome} towards its circuit breaker",
+                         self.cooldowns.failed, name, f"{exc.outcome}: {exc}")
         wait = exc.wait_ms
         if wait is not None:
             _best_effort(name, f"the bucket drain after {exc.outcome}", self.limiter.drain, name)
             _best_effort(name, f"a {wait} ms cooldown", self.cooldowns.rate_limited,
                          name, wait, why)
             walk.waits.append(wait)
-        elif exc.transient:
-            _best_effort(name, f"a {exc.outcome} towards its circuit breaker",
-                         self.cooldowns.failed, name, exc.outcome)
         elif exc.benches and exc.bench_ms:
             _best_effort(name, f"a {exc.bench_ms} ms quota cooldown",
                          self.cooldowns.rate_limited, name, exc.bench_ms, f"quota ({exc.status})")
@@ -249,10 +261,10 @@ class Router:
 
     def _turn(self, route: Route, state: ProviderState, request: LLMRequest, walk: _Walk,
               prev: str | None, *, stream: bool) -> Turn:
-        """The provider's turn, streamed or not: admit, call, record, settle; one repair on
-        invalid output (a completion's: a stream's text is already the reader's); a refused
-        structured-output mode retried at once in a weaker one (at most twice: see WEAKER).
-        Returns the reply, or None: move on to the next provider."""
+        """The provider's turn, its chunks passed to the reader or not (`stream`): admit, call,
+        record, settle; one repair on invalid output (a route's: a stream's text is already the
+        reader's); a refused structured-output mode retried at once in a weaker one (at most
+        twice: see WEAKER). Returns the reply, or None: move on to the next provider."""
         cfg = route.config
         request = self._remembered_mode(route, request)
         repairs = 1
@@ -263,24 +275,25 @@ class Router:
             self._announce(walk, route, reservation)
             started = time.perf_counter()
             chunks: list[str] = []
+            reading = collect(route.provider.stream(request), chunks, provider=cfg.name,
+                              started=started)
             try:
-                if stream:
-                    completion = yield from collect(route.provider.stream(request), chunks,
-                                                    provider=cfg.name, started=started)
-                else:
-                    completion = route.provider.complete(request)
+                completion = (yield from reading) if stream else _drain(reading)
             except structured.ModeUnsupported as exc:
                 request = self._degrade(route, reservation, request, exc, walk, prev, started)
                 continue
             except E.ProviderError as exc:
                 exc.provider = exc.provider or cfg.name
+                # Text produced was counted by the provider: an estimate, not a refund.
+                spent = Usage.estimated(request, sum(map(len, chunks))) if chunks else Usage()
                 walk.attempts.append(Attempt(
-                    cfg.name, cfg.model, exc.outcome,
+                    cfg.name, cfg.model, exc.outcome, spent.input_tokens, spent.output_tokens,
+                    cfg.cost_usd(spent.input_tokens, spent.output_tokens),
                     latency_ms=int((time.perf_counter() - started) * 1000),
                     error_class=type(exc).__name__, error=str(exc)[:500], fallback_from=prev,
                 ))
-                self._failed(route, reservation, exc, walk)
-                if chunks:
+                self._failed(route, reservation, exc, walk, spent.total)
+                if stream and chunks:
                     raise E.StreamInterrupted(cfg.name, "".join(chunks), exc) from exc
                 return None
             u = completion.usage
@@ -307,9 +320,11 @@ class Router:
             return completion
 
     # -- the chain -----------------------------------------------------------------------
-    def _available(self, walk: _Walk) -> Iterator[tuple[Route, ProviderState, str | None]]:
-        """The chain in order, skipping (and recording) providers that are cooling down.
-        Yields each provider with the one tried or skipped before it."""
+    def _available(self, walk: _Walk) -> Iterator[tuple[Route, ProviderState, str | None,
+                                                        str | None]]:
+        """The chain in order, skipping (and recording) providers that are cooling down or
+        whose circuit is open. Yields each provider with the one tried or skipped before it,
+        and the probe it holds when its circuit is half-open (released after its turn)."""
         try:
             states = self.cooldowns.snapshot(self.chain)
         except E.LimiterUnavailable as exc:
@@ -319,25 +334,53 @@ class Router:
         for route in self.routes:
             name = route.config.name
             state = states[name]
-            if state.available:
-                yield route, state, prev
+            if not state.available:
+                self._skip(walk, route, state, prev)
+            elif not state.half_open:
+                yield route, state, prev, None
+            elif (probe := self._claim_probe(walk, name)) is not None:
+                yield route, state, prev, probe
             else:
-                walk.attempts.append(Attempt(name, route.config.model,
-                                             CallOutcome.SKIPPED_COOLDOWN,
-                                             wait_ms=state.cooling_ms, error=state.reason,
-                                             fallback_from=prev))
-                if state.kind is not CooldownKind.DISABLED:
-                    walk.waits.append(state.cooling_ms)
+                walk.transient = True
+                walk.attempts.append(Attempt(
+                    name, route.config.model, CallOutcome.SKIPPED_COOLDOWN, fallback_from=prev,
+                    error="circuit half-open: another call is probing it"))
             prev = name
+
+    @staticmethod
+    def _skip(walk: _Walk, route: Route, state: ProviderState, prev: str | None) -> None:
+        """A provider cooling down: its row, and its wait when it is worth waiting for (a rate
+        limit's; an open circuit's is not: the provider does not answer, and a step left with
+        nothing else fails with every provider's reason instead of waiting for it)."""
+        name, error, wait = route.config.name, state.reason, state.cooling_ms
+        if state.kind is CooldownKind.CIRCUIT_OPEN:
+            walk.transient = True
+            error, wait = f"circuit {state.reason} (half-open in {wait / 1000:.1f} s)", 0
+        walk.attempts.append(Attempt(name, route.config.model, CallOutcome.SKIPPED_COOLDOWN,
+                                     wait_ms=wait, error=error, fallback_from=prev))
+        if state.kind is CooldownKind.RATE_LIMITED:
+            walk.waits.append(wait)
+
+    def _claim_probe(self, walk: _Walk, name: str) -> str | None:
+        try:
+            return self.cooldowns.probe(name)
+        except E.LimiterUnavailable as exc:
+            log.warning("provider state unavailable, call deferred: %s", exc)
+            raise E.RetryLater(LIMITER_DOWN_WAIT_MS, str(exc), walk.attempts) from exc
 
     def _chain(self, request: LLMRequest, walk: _Walk, *, stream: bool
                ) -> Generator[str, None, Completion]:
         """Each available provider's turn until one answers; else RetryLater or
         AllProvidersFailed. Every row this walk made is logged however it ends."""
         try:
-            for route, state, prev in self._available(walk):
-                completion = yield from self._turn(route, state, request, walk, prev,
-                                                   stream=stream)
+            for route, state, prev, probe in self._available(walk):
+                try:
+                    completion = yield from self._turn(route, state, request, walk, prev,
+                                                       stream=stream)
+                finally:
+                    if probe is not None:
+                        _best_effort(route.config.name, "the release of its circuit probe",
+                                     self.cooldowns.release_probe, route.config.name, probe)
                 if completion is not None:
                     return completion
             raise walk.nobody_answered()
@@ -367,6 +410,16 @@ class Router:
         walk = _Walk([] if attempts is None else attempts, before_call)
         completion = yield from self._chain(request, walk, stream=True)
         yield completion.end()
+
+
+def _drain(reading: Generator[str, None, Completion]) -> Completion:
+    """A provider's stream read whole, for a caller that wants the reply, not its chunks."""
+    while True:
+        try:
+            next(reading)
+        except StopIteration as done:
+            completion: Completion = done.value
+            return completion
 
 
 def _whole(chain: Generator[str, None, Completion]) -> Completion:
