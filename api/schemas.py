@@ -75,12 +75,20 @@ class StagePublic(RunPublic):
     kind: str
 
 
+_CACHED = ("Of input_tokens, those read from the provider's prompt cache (the prefix the "
+           "personas share), priced at its cached-input rate.")
+_WRITTEN = ("Of input_tokens, those written to the provider's prompt cache (Anthropic), priced "
+            "at its cache-write rate.")
+
+
 class StageUsage(BaseModel):
     stage: str
     provider: str
     calls: int
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = Field(0, description=_CACHED)
+    cache_write_tokens: int = Field(0, description=_WRITTEN)
     cost_usd: float
     wait_ms: int
     failed_attempts: int
@@ -91,6 +99,8 @@ class StageUsage(BaseModel):
 class UsageTotals(BaseModel):
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = Field(0, description=_CACHED)
+    cache_write_tokens: int = Field(0, description=_WRITTEN)
     cost_usd: float
     wasted_cost_usd: float
     wait_ms: int

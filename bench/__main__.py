@@ -9,7 +9,7 @@
 
 Names for --only: profile, throughput, latency, critical, concurrency, scaling, memory,
 limiter, burst, sustained (those three are the rate-limit benchmark; `ratelimit` = all
-three), streams, fairness, silent.
+three), streams, fairness, silent, caching.
 
 Needs PostgreSQL (BENCH_PG_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres;
 a fresh database is created and dropped for each measurement) and Redis (BENCH_REDIS_URL,
@@ -36,7 +36,7 @@ from bench import harness as H
 from bench import report
 
 SECTIONS = ("profile", "throughput", "latency", "critical", "concurrency", "scaling", "memory",
-            "limiter", "burst", "sustained", "streams", "fairness", "silent")
+            "limiter", "burst", "sustained", "streams", "fairness", "silent", "caching")
 
 NOTES = [
     "Ours: `celery -A workers worker` processes, LLM_PROVIDERS=stub behind the token bucket "
@@ -104,6 +104,11 @@ NOTES = [
     "wall time - the baseline's median; before = calls that reached the silent provider (their "
     "first ledger row a timeout), after = calls that skipped it (circuit open); "
     "CIRCUIT_FAILURES and CIRCUIT_OPEN_S at their defaults.",
+    "Prompt caching: in process, one Router through the real SDKs over one fake provider per "
+    "flavour (anthropic, openai), a job's seven requests as the pipeline builds them (the five "
+    "personas one after the other, the synthesis, the critique) with a ~16,000-token founder "
+    "context; its cost = the ledger's sum at the default prices (KNOWN_PROVIDERS), with the "
+    "fake's prompt cache on and off (a fresh fake each run); ratio = cached / uncached.",
 ]
 
 
@@ -129,6 +134,7 @@ def _config(quick: bool) -> dict[str, Any]:
             "streams": {"streams": 200, "jobs": 200, "requests": 100, "repeats": 1},
             "fairness": {"flood": 40, "repeats": 2, "timeout": 60},
             "silent": {"calls": 10, "repeats": 1, "first_token_s": 1.0},
+            "caching": {"context_tokens": 4000, "repeats": 1},
         }
     return {
         "profile": {"n_jobs": 200},
@@ -149,6 +155,7 @@ def _config(quick: bool) -> dict[str, Any]:
         "streams": {"streams": 1000, "jobs": 1000, "requests": 300, "repeats": 3},
         "fairness": {"flood": 200, "repeats": 4, "timeout": 120},
         "silent": {"calls": 30, "repeats": 3, "first_token_s": 10.0},
+        "caching": {"context_tokens": 16000, "repeats": 3},
     }
 
 
@@ -219,6 +226,10 @@ def run(sections: list[str], quick: bool) -> dict[str, Any]:
         from bench import silent as SI
 
         results["silent"] = SI.measure_silent(**cfg["silent"])
+    if "caching" in sections:
+        from bench import caching as CA
+
+        results["caching"] = CA.measure_caching(**cfg["caching"])
     results["meta"]["duration_s"] = time.monotonic() - t0
     results["meta"]["load_avg_at_end"] = os.getloadavg()
     return results

@@ -57,7 +57,9 @@ class FakeSpec:
         env = {f"{prefix}_BASE_URL": base, f"{prefix}_API_KEY": FAKE_KEY,
                f"{prefix}_TPM": "10000000", f"{prefix}_RPM": "100000"}
         if self.name not in ("anthropic", "google", "groq", "openai"):
+            # A custom endpoint: the fake speaks OpenAI's structured outputs.
             env[f"{prefix}_MODEL"] = f"{self.name}-model"
+            env[f"{prefix}_STRUCTURED_OUTPUT"] = "json_schema"
         return env | {f"{prefix}_{k}": v for k, v in self.env.items()}
 
 

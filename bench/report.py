@@ -157,6 +157,17 @@ def headline(r: dict[str, Any]) -> list[list[str]]:
             f"before: LLM_TIMEOUT_S ({si['timeout_s']:g} s) per call",
             f"{_m(si['calls_paying'], '{:.0f}')} of {si['calls']} calls paid",
             "≤ first-token timeout, then ~0", "yes" if met else "**no**"])
+    if ca := r.get("caching"):
+        per = {f: ca[f] for f in ("anthropic", "openai") if f in ca}
+        met = all((_med(v["ratio"]) or 1.0) < 1.0 for v in per.values())
+        rows.append([
+            f"11. Prompt caching, one job with a ~{ca['context_tokens']:,}-token context: cost "
+            "(USD), cached / uncached, " + ", ".join(per),
+            "; ".join(f"{f} {_m(v['cost_cached_usd'], '{:.4f}')}" for f, v in per.items()),
+            "; ".join(f"{f} {_m(v['cost_uncached_usd'], '{:.4f}')} uncached"
+                      for f, v in per.items()),
+            "; ".join(f"{f} {_m(v['ratio'])}" for f, v in per.items()),
+            "cached < uncached", "yes" if met else "**no**"])
     return rows
 
 

@@ -82,20 +82,28 @@ def _idea_block(idea: str, context: dict[str, Any] | None) -> str:
     return text
 
 
+def persona_system(idea: str, context: dict[str, Any] | None) -> str:
+    """What the five persona requests of one job share, word for word: sent first (the system
+    prompt), so that the providers' prefix caches serve it to the four after the first."""
+    return (
+        "You sit on a startup advisory board. Each member analyses the idea below from their "
+        "own speciality, named in the next message. Be specific to this idea; no generic "
+        "advice." + json_instructions(PersonaOutput) + "\n\n" + _idea_block(idea, context)
+    )
+
+
 def persona_request(
     key: str, idea: str, context: dict[str, Any] | None, *, max_tokens: int = 1200
 ) -> LLMRequest:
+    """One persona's request: the shared system prompt, then its own brief."""
     p = persona(key)
-    system = (
-        f"You are the {p.title} on a startup advisory board. {p.brief} "
-        "Be specific to this idea; no generic advice." + json_instructions(PersonaOutput)
-    )
     return LLMRequest(
-        system=system,
-        messages=(Message("user", _idea_block(idea, context)),),
+        system=persona_system(idea, context),
+        messages=(Message("user", f"You are the {p.title} on this board. {p.brief}"),),
         max_tokens=max_tokens,
         schema=PersonaOutput,
         tags={"stage": p.key.value},
+        cache_system=True,
     )
 
 

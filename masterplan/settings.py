@@ -56,6 +56,10 @@ class ProviderDefaults:
     tpd: int | None = None
     day_reset: str = "UTC"
     limit_counts: LimitCounts = "actual"
+    # USD per million input tokens read from the provider's prompt cache, and written to it
+    # (None: the input price, i.e. no discount and no surcharge).
+    price_cached_in: float | None = None
+    price_cache_write: float | None = None
 
 
 # Free-tier limits where a free tier exists; prices from the providers' price lists.
@@ -76,23 +80,30 @@ class ProviderDefaults:
 # Groq model that has it gets it; GROQ_STRUCTURED_OUTPUT=json_object skips the one refused call.
 # Custom providers (an unknown name with a BASE_URL) get JSON mode, which nearly every
 # OpenAI-compatible server has.
+# Prompt caching (the price lists' multipliers of the input price): Anthropic's "Prompt caching"
+# pricing, cache reads 0.1x and 5-minute cache writes 1.25x (writes are Anthropic's only, and
+# only for a block marked cache_control); OpenAI's pricing page, gpt-4o-mini cached input
+# $0.075/M = 0.5x (automatic, prompts of 1024 tokens and more); Gemini API pricing, gemini-2.0-
+# flash cached input $0.025/M against $0.10/M = 0.25x (implicit caching); Groq's prompt-caching
+# docs, cached input tokens at a 50% discount on the models that have it (0.5x).
 KNOWN_PROVIDERS: dict[str, ProviderDefaults] = {
     "anthropic": ProviderDefaults("anthropic", "claude-haiku-4-5", None, 0.80, 4.00, 50_000, 50,
-                                  structured_output="tool"),
+                                  structured_output="tool",
+                                  price_cached_in=0.08, price_cache_write=1.00),
     "google": ProviderDefaults(
         "openai", "gemini-2.0-flash",
         "https://generativelanguage.googleapis.com/v1beta/openai/", 0.075, 0.30, 1_000_000, 15,
         structured_output="json_schema", schema_strict=True,
-        rpd=1_500, day_reset="America/Los_Angeles",
+        rpd=1_500, day_reset="America/Los_Angeles", price_cached_in=0.075 * 0.25,
     ),
     "groq": ProviderDefaults(
         "openai", "llama-3.1-8b-instant", "https://api.groq.com/openai/v1", 0.06, 0.06, 6_000, 30,
         structured_output="json_schema",
-        rpd=14_400, tpd=500_000, day_reset="rolling",
+        rpd=14_400, tpd=500_000, day_reset="rolling", price_cached_in=0.03,
     ),
     "openai": ProviderDefaults("openai", "gpt-4o-mini", None, 0.15, 0.60, 200_000, 500,
                                structured_output="json_schema", schema_strict=True,
-                               limit_counts="reserved"),
+                               limit_counts="reserved", price_cached_in=0.075),
     "stub": ProviderDefaults("stub", "stub-1", None, 0.0, 0.0, None, None,
                              structured_output="prompt"),
 }
@@ -121,13 +132,24 @@ class ProviderConfig:
     tpd: int | None = None
     day_reset: str = "UTC"
     limit_counts: LimitCounts = "actual"
+    # None: the input price.
+    price_cached_in: float | None = None
+    price_cache_write: float | None = None
 
     @property
     def has_key(self) -> bool:
         return self.api_key is not None
 
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.price_in + output_tokens * self.price_out) / 1_000_000
+    def cost_usd(self, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0,
+                 cache_write_tokens: int = 0) -> float:
+        """What a call cost. `input_tokens` counts every input token (`Usage`'s convention):
+        the cached and cache-write ones are parts of it, priced at their own rates."""
+        cached = min(cached_input_tokens, input_tokens)
+        written = min(cache_write_tokens, input_tokens - cached)
+        fresh = input_tokens - cached - written
+        return (fresh * self.price_in + cached * _or(self.price_cached_in, self.price_in)
+                + written * _or(self.price_cache_write, self.price_in)
+                + output_tokens * self.price_out) / 1_000_000
 
 
 # --- One provider: <NAME>_* -----------------------------------------------------------------------
@@ -153,6 +175,8 @@ class ProviderEnv(EnvSettings):
     model: str | None = None
     price_in: float | None = Field(None, ge=0, allow_inf_nan=False)
     price_out: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_cached_in: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_cache_write: float | None = Field(None, ge=0, allow_inf_nan=False)
     tpm: int | None = Field(None, ge=0)
     rpm: int | None = Field(None, ge=0)
     burst_tokens: int | None = Field(None, ge=0)
@@ -205,7 +229,19 @@ class ProviderEnv(EnvSettings):
             rpd=_or(self.rpd, d.rpd) or None, tpd=_or(self.tpd, d.tpd) or None,
             day_reset=self.day_reset or d.day_reset,
             limit_counts=self.limit_counts or d.limit_counts,
+            price_cached_in=_cache_price(self.price_cached_in, self.price_in, d.price_cached_in),
+            price_cache_write=_cache_price(self.price_cache_write, self.price_in,
+                                           d.price_cache_write),
         )
+
+
+def _cache_price(own: float | None, price_in: float | None, default: float | None) -> float | None:
+    """A cache price: its own variable; else, when <NAME>_PRICE_IN is set but it is not, None
+    (the input price: a known default's discount is relative to the default input price, which
+    no longer applies); else the default."""
+    if own is not None:
+        return own
+    return None if price_in is not None else default
 
 
 # The structured-output modes each kind of API can send.

@@ -55,6 +55,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
+from testkit.fake_cache import PromptCache
 from testkit.fake_http import FakeHandler, FakeServer, Hangup, Traffic, handler_for
 from testkit.fake_limits import (
     Bucket,
@@ -160,6 +161,7 @@ class FakeProvider:
         tpd: int | None = None,
         day_reset: str = "UTC",
         limit_counts: Literal["actual", "reserved"] = "actual",
+        prompt_cache: bool = True,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
@@ -193,6 +195,8 @@ class FakeProvider:
         self._wake = threading.Event()  # set to end hangs and latency sleeps early
         self._faults = Faults(error_rate, truncate_rate, seed)
         self.traffic = Traffic()
+        # What each API reports as cached input (testkit/fake_cache.py); False: never any.
+        self.prompt_cache = PromptCache(enabled=prompt_cache)
         self._tokens: Bucket | None = None
         self._requests: Bucket | None = None
         self._day_tokens: Bucket | DayWindow | None = None
@@ -564,6 +568,8 @@ class FakeProvider:
             else:
                 answer = self.responder(prompt)
             reply = make_reply(prompt, answer, invalid_json=mode == "invalid_json", cut=draw.cut)
+            cached = self.prompt_cache.lookup(prompt, reply.input_tokens, time.monotonic())
+            reply.cached_tokens, reply.cache_write_tokens = cached.read, cached.written
         except Exception as exc:  # noqa: BLE001 - a broken responder is a 500, like a provider bug
             self._settle(need, 0, answered=False)
             return fail(500, error_body(style, 500, f"responder failed: {exc!r}"))
@@ -660,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="'rolling', or the time zone of the midnight the day resets at")
     p.add_argument("--limit-counts", choices=("actual", "reserved"), default="actual",
                    help="reserved: charge prompt + max_tokens at admission and never refund")
+    p.add_argument("--no-prompt-cache", action="store_true",
+                   help="report no cached input tokens (the prompt cache disabled)")
     a = p.parse_args(argv)
     try:
         fake = FakeProvider(
@@ -670,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             json_schema_unsupported=a.json_schema_unsupported,
             ignore_instructions=a.ignore_instructions, rpd=a.rpd, tpd=a.tpd,
             day_reset=a.day_reset, limit_counts=a.limit_counts,
+            prompt_cache=not a.no_prompt_cache,
         )
     except ValueError as exc:
         p.error(str(exc))

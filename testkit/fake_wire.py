@@ -80,7 +80,7 @@ class FakePrompt:
     @property
     def idea(self) -> str:
         """What the conversation is about, for the wording of an answer."""
-        m = _IDEA.search(self.user_text)
+        m = _IDEA.search(self.user_text) or _IDEA.search(self.system)
         idea = (m.group(1) if m else self.user_text).strip()
         return (idea.splitlines()[0] if idea else "the idea")[:120]
 
@@ -285,9 +285,11 @@ class Reply:
 
     text: str  # the text sent (JSON text for tool use)
     tool_input: dict[str, Any] | None  # set for an Anthropic tool_use reply
-    input_tokens: int
+    input_tokens: int  # all of them, the cache's reads and writes included
     output_tokens: int
     truncated: bool  # cut at max_tokens
+    cached_tokens: int = 0  # of input_tokens, read from the prompt cache
+    cache_write_tokens: int = 0  # of input_tokens, written to it (Anthropic)
 
 
 def cut_in_half(text: str) -> str:
@@ -334,6 +336,25 @@ def chunks_of(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
+def _openai_usage(reply: Reply) -> dict[str, Any]:
+    return {
+        "prompt_tokens": reply.input_tokens,
+        "completion_tokens": reply.output_tokens,
+        "total_tokens": reply.input_tokens + reply.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
+    }
+
+
+def _anthropic_usage(reply: Reply) -> dict[str, Any]:
+    # Anthropic's input_tokens are those after the last cache breakpoint only.
+    return {
+        "input_tokens": reply.input_tokens - reply.cached_tokens - reply.cache_write_tokens,
+        "output_tokens": reply.output_tokens,
+        "cache_creation_input_tokens": reply.cache_write_tokens,
+        "cache_read_input_tokens": reply.cached_tokens,
+    }
+
+
 def openai_completion(prompt: FakePrompt, reply: Reply) -> dict[str, Any]:
     return {
         "id": new_id("chatcmpl-"),
@@ -349,11 +370,7 @@ def openai_completion(prompt: FakePrompt, reply: Reply) -> dict[str, Any]:
                 "finish_reason": "length" if reply.truncated else "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": reply.input_tokens,
-            "completion_tokens": reply.output_tokens,
-            "total_tokens": reply.input_tokens + reply.output_tokens,
-        },
+        "usage": _openai_usage(reply),
     }
 
 
@@ -384,12 +401,7 @@ def openai_chunks(prompt: FakePrompt, reply: Reply, size: int) -> Iterator[tuple
         yield True, frame(choice({"content": piece}))
     yield False, frame(choice({}, "length" if reply.truncated else "stop"))
     if with_usage:
-        usage = {
-            "prompt_tokens": reply.input_tokens,
-            "completion_tokens": reply.output_tokens,
-            "total_tokens": reply.input_tokens + reply.output_tokens,
-        }
-        yield False, frame([], usage)
+        yield False, frame([], _openai_usage(reply))
     yield False, b"data: [DONE]\n\n"
 
 
@@ -419,12 +431,7 @@ def anthropic_message(prompt: FakePrompt, reply: Reply) -> dict[str, Any]:
         "content": [_anthropic_block(reply, prompt, empty=False)],
         "stop_reason": _stop_reason(reply),
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": reply.input_tokens,
-            "output_tokens": reply.output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
+        "usage": _anthropic_usage(reply),
     }
 
 
@@ -451,7 +458,7 @@ def anthropic_events(prompt: FakePrompt, reply: Reply, size: int) -> Iterator[tu
         {
             "type": "message_delta",
             "delta": {"stop_reason": _stop_reason(reply), "stop_sequence": None},
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+            "usage": _anthropic_usage(reply),
         },
         "message_delta",
     )

@@ -66,6 +66,8 @@ def job_public(session: Session, job: Job, primary: str) -> JobPublic:
     totals = {
         "input_tokens": sum(r["input_tokens"] for r in by_stage),
         "output_tokens": sum(r["output_tokens"] for r in by_stage),
+        "cached_input_tokens": sum(r["cached_input_tokens"] for r in by_stage),
+        "cache_write_tokens": sum(r["cache_write_tokens"] for r in by_stage),
         "cost_usd": round(sum(r["cost_usd"] for r in by_stage), 6),
         "wasted_cost_usd": round(sum(r["wasted_cost_usd"] for r in by_stage), 6),
         "wait_ms": sum(r["wait_ms"] for r in by_stage),

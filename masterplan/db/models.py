@@ -118,6 +118,9 @@ class LLMCall(Base):
     model: Mapped[str] = mapped_column(sa.String(128))
     input_tokens: Mapped[int] = mapped_column(default=0)
     output_tokens: Mapped[int] = mapped_column(default=0)
+    # Parts of input_tokens, priced apart: read from the provider's prompt cache, written to it.
+    cached_input_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     cost_usd: Mapped[float] = mapped_column(sa.Float, default=0.0)
     latency_ms: Mapped[int] = mapped_column(default=0)
     wait_ms: Mapped[int] = mapped_column(default=0)

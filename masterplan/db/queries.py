@@ -420,7 +420,8 @@ def update_job(session: Session, *, job_id: str, only_if_open: bool = True, **va
 
 
 def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
-    """Tokens, cost, calls and bucket waits per stage and provider; `wasted_cost_usd` is what
+    """Tokens (`cached_input_tokens` and `cache_write_tokens` are parts of `input_tokens`),
+    cost, calls and bucket waits per stage and provider; `wasted_cost_usd` is what
     the attempts that gave nothing cost (invalid output repaired or not, errors, lost calls)."""
     c = LLMCall
     rows = session.execute(
@@ -430,6 +431,8 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
             sa.func.coalesce(sa.func.sum(c.input_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.output_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
+            sa.func.coalesce(sa.func.sum(c.cached_input_tokens), 0),
+            sa.func.coalesce(sa.func.sum(c.cache_write_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.wait_ms).filter(c.outcome == CallOutcome.DEFERRED), 0),
             sa.func.count().filter(c.outcome != CallOutcome.OK),
             sa.func.coalesce(sa.func.sum(c.cost_usd).filter(c.outcome != CallOutcome.OK), 0.0),
@@ -441,8 +444,9 @@ def usage_by_stage(session: Session, *, job_id: str) -> list[dict[str, Any]]:
     rows = sorted(rows, key=lambda r: (order.get(r[0], len(order)), r[0], r[1]))
     return [
         {"stage": r[0], "provider": r[1], "calls": r[2], "input_tokens": int(r[3]),
-         "output_tokens": int(r[4]), "cost_usd": round(float(r[5]), 6), "wait_ms": int(r[6]),
-         "failed_attempts": r[7], "wasted_cost_usd": round(float(r[8]), 6)}
+         "output_tokens": int(r[4]), "cost_usd": round(float(r[5]), 6),
+         "cached_input_tokens": int(r[6]), "cache_write_tokens": int(r[7]), "wait_ms": int(r[8]),
+         "failed_attempts": r[9], "wasted_cost_usd": round(float(r[10]), 6)}
         for r in rows
     ]
 

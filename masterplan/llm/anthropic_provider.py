@@ -47,12 +47,29 @@ def tool_for(schema: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def _input_tokens(usage: Any) -> int:
-    """Input tokens including cache writes and reads: all of them count against limits."""
-    total = 0
-    for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-        total += getattr(usage, field, None) or 0
-    return total
+def _usage(usage: Any, before: Usage | None = None) -> Usage:
+    """Anthropic's usage in `Usage`'s convention: `input_tokens` there excludes the cache's
+    reads and writes (`cache_read_input_tokens`, `cache_creation_input_tokens`), which are
+    added to it here (all of them count against limits) and kept apart for pricing. A field it
+    does not carry (a stream's message_delta may omit them: its usage is cumulative) keeps its
+    value from `before`."""
+    before = before or Usage()
+
+    def field(name: str) -> int | None:
+        value = getattr(usage, name, None)
+        return None if value is None else int(value)
+
+    fresh = field("input_tokens")
+    read = field("cache_read_input_tokens")
+    written = field("cache_creation_input_tokens")
+    cached = before.cached_input_tokens if read is None else read
+    writes = before.cache_write_tokens if written is None else written
+    if fresh is None:
+        total = max(before.input_tokens, cached + writes)
+    else:
+        total = fresh + cached + writes
+    return Usage(total, field("output_tokens") or before.output_tokens,
+                 cached_input_tokens=cached, cache_write_tokens=writes)
 
 
 class AnthropicProvider(SDKProvider):
@@ -71,7 +88,12 @@ class AnthropicProvider(SDKProvider):
             "max_tokens": request.max_tokens,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         }
-        if request.system:
+        if request.system and request.cache_system:
+            # A shared prefix: cached for 5 minutes, read back at a tenth of the input price by
+            # the job's other personas (tools, then system: the same for all of them).
+            params["system"] = [{"type": "text", "text": request.system,
+                                 "cache_control": {"type": "ephemeral"}}]
+        elif request.system:
             params["system"] = request.system
         if request.schema is not None and self.mode_of(request) == "tool":
             params["tools"] = [tool_for(request.schema)]
@@ -86,7 +108,7 @@ class AnthropicProvider(SDKProvider):
         With a schema but no matching tool_use block (a model that ignored tool_choice) the text
         blocks are returned and the router's validation decides.
         """
-        usage = Usage(_input_tokens(message.usage), message.usage.output_tokens or 0)
+        usage = _usage(message.usage)
         reply = Reply(usage, message.model, message.id)
         if request.schema is not None and self.mode_of(request) == "tool":
             for block in message.content:
@@ -108,8 +130,7 @@ class AnthropicProvider(SDKProvider):
             elif kind == "message_start":
                 reply.response_id = event.message.id or None
                 reply.model = event.message.model or None
-                reply.usage = Usage(_input_tokens(event.message.usage),
-                                    event.message.usage.output_tokens or 0)
+                reply.usage = _usage(event.message.usage)
             elif kind == "content_block_start":
                 block = event.content_block
                 if want_tool is None and block.type == "text":
@@ -127,12 +148,7 @@ class AnthropicProvider(SDKProvider):
                 elif delta.type == "input_json_delta" and delta.partial_json:
                     yield delta.partial_json
             elif kind == "message_delta":
-                # message_delta usage is cumulative
-                before = reply.usage or Usage()
-                input_tokens = before.input_tokens
-                if event.usage.input_tokens is not None:
-                    input_tokens = _input_tokens(event.usage)
-                reply.usage = Usage(input_tokens, event.usage.output_tokens or before.output_tokens)
+                reply.usage = _usage(event.usage, reply.usage)
         if not stopped:
             raise ServerError(f"{self.name}: the stream ended without its message_stop",
                               provider=self.name)

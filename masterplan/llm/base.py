@@ -37,6 +37,10 @@ class LLMRequest:
     # How the schema is asked for; None: the provider's configured mode. The router sets it when
     # that provider's model was degraded to a weaker one (masterplan/llm/structured.py).
     structured_output: StructuredOutput | None = None
+    # The system prompt is shared with other requests (the personas of one job: the idea and
+    # the context): worth an explicit cache mark where the API has one (Anthropic's
+    # cache_control). Implicit prefix caches (OpenAI, Gemini, Groq) need only that it comes first.
+    cache_system: bool = False
 
     def with_messages(self, *extra: Message) -> LLMRequest:
         return replace(self, messages=self.messages + extra)
@@ -48,8 +52,14 @@ class LLMRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one call. `input_tokens` counts every input token (OpenAI's convention,
+    `prompt_tokens`): `cached_input_tokens` (read from the provider's prompt cache) and
+    `cache_write_tokens` (written to it, Anthropic only) are parts of it, priced apart."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total(self) -> int:

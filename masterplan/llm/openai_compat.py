@@ -35,9 +35,13 @@ __all__ = ["OpenAICompatProvider"]
 
 
 def _usage(usage: Any) -> Usage | None:
+    """The usage, with `prompt_tokens_details.cached_tokens` (OpenAI, Gemini, Groq: the part of
+    `prompt_tokens` read from the implicit prefix cache; absent where a server has none)."""
     if usage is None:
         return None
-    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) or 0
+    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, cached_input_tokens=cached)
 
 
 class OpenAICompatProvider(SDKProvider):

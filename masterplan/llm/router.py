@@ -96,6 +96,9 @@ class Attempt:
     error_class: str | None = None
     error: str | None = None
     fallback_from: str | None = None
+    # Parts of input_tokens: read from the provider's prompt cache, written to it.
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -299,8 +302,11 @@ class Router:
             u = completion.usage
             row = Attempt(
                 cfg.name, completion.model or cfg.model, CallOutcome.OK, u.input_tokens,
-                u.output_tokens, cfg.cost_usd(u.input_tokens, u.output_tokens),
+                u.output_tokens, cfg.cost_usd(u.input_tokens, u.output_tokens,
+                                              cached_input_tokens=u.cached_input_tokens,
+                                              cache_write_tokens=u.cache_write_tokens),
                 completion.latency_ms, fallback_from=prev,
+                cached_input_tokens=u.cached_input_tokens, cache_write_tokens=u.cache_write_tokens,
             )
             walk.attempts.append(row)
             self._replied(route, state, reservation, completion)

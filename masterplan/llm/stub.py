@@ -34,10 +34,12 @@ _TITLES = {
 }
 
 
-def _persona_of(system: str) -> str:
-    for title, key in _TITLES.items():
-        if title in system:
-            return key
+def _persona_of(*texts: str) -> str:
+    """The persona named in the first of `texts` that names one (its brief, then the system)."""
+    for text in texts:
+        for title, key in _TITLES.items():
+            if title in text:
+                return key
     return "market"
 
 
@@ -54,9 +56,10 @@ def _pick(seed: str, options: list[str], n: int) -> list[str]:
 
 def fake_output(schema_name: str, system: str, user_text: str) -> dict[str, Any]:
     """A schema-valid answer for `schema_name`, shaped by the idea and persona in the prompt."""
-    idea = _idea_of(user_text)
+    # The idea is in the user turn, or (the personas' shared prefix) in the system prompt.
+    idea = _idea_of(user_text if _IDEA.search(user_text) or not _IDEA.search(system) else system)
     if schema_name == "PersonaOutput":
-        key = _persona_of(system)
+        key = _persona_of(user_text, system)
         focus, question = _ANGLES[key]
         levels = _pick(idea + key, ["low", "medium", "high"], 2)
         return {
@@ -163,7 +166,9 @@ class StubProvider:
                 return json.dumps(fake_output(schema_name, request.system, user))
             except ValueError:
                 return json.dumps(from_json_schema(request.schema.model_json_schema(), _idea_of(user)))
-        return f"Thinking about '{_idea_of(user)}': start with the customer, then the product."
+        idea = _idea_of(user if _IDEA.search(user) or not _IDEA.search(request.system)
+                        else request.system)
+        return f"Thinking about '{idea}': start with the customer, then the product."
 
     def complete(self, request: LLMRequest) -> Completion:
         started = time.perf_counter()

@@ -176,3 +176,20 @@ def test_a_whole_demo_leaves_os_environ_as_it_was(tmp_path: Path) -> None:
                 "sys.exit(code or (3 if dict(os.environ) != before else 0))", tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "succeeded" in r.stdout
+
+
+def test_cached_input_is_priced_at_its_own_rate_and_defaults_to_the_input_price() -> None:
+    s = settings(LLM_PROVIDERS="anthropic,openai,ollama", ANTHROPIC_API_KEY="x",
+                 OPENAI_API_KEY="y", OPENAI_PRICE_IN="2.0",
+                 OLLAMA_BASE_URL="http://127.0.0.1:11434/v1", OLLAMA_MODEL="m",
+                 OLLAMA_PRICE_IN="1.0", OLLAMA_PRICE_CACHED_IN="0.25")
+    anthropic, openai, ollama = (s.provider(n) for n in ("anthropic", "openai", "ollama"))
+    # Anthropic's list: reads 0.1x, writes 1.25x the input price; parts of input_tokens here.
+    assert anthropic.cost_usd(1_000_000, 0, cached_input_tokens=600_000,
+                              cache_write_tokens=200_000) == pytest.approx(
+        0.2 * 0.80 + 0.6 * 0.08 + 0.2 * 1.00)
+    # PRICE_IN set and no PRICE_CACHED_IN: the known discount no longer applies.
+    assert openai.cost_usd(1_000_000, 0, cached_input_tokens=500_000) == pytest.approx(2.0)
+    assert ollama.cost_usd(1_000_000, 0, cached_input_tokens=500_000) == pytest.approx(0.625)
+    assert ollama.cost_usd(1_000_000, 1_000_000) == ollama.cost_usd(1_000_000, 1_000_000,
+                                                                    cached_input_tokens=0)

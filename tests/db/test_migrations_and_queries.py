@@ -124,3 +124,42 @@ def test_0003_moves_persona_runs_and_the_jobs_outputs_into_stage_runs(any_db_url
         assert running == {"market": "running", "synthesis": "pending", "critique": "pending"}
     assert "persona_runs" not in sa.inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_0006_adds_the_cache_token_columns_zero_for_the_calls_before(any_db_url: str) -> None:
+    engine = make_engine(any_db_url)
+    upgrade(engine, "0005")
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO jobs (id, owner, idea, status, created_at, deadline_at, redrives, lane, "
+            "held_usd) VALUES ('j1', 'o', 'i', 'succeeded', :t, :t, 0, 'first', 0)"),
+            {"t": "2026-11-30 10:00:00+00:00"})
+        c.execute(sa.text(
+            "INSERT INTO llm_calls (job_id, stage, provider, model, input_tokens, output_tokens, "
+            "cost_usd, latency_ms, wait_ms, outcome, created_at) VALUES ('j1', 'market', 'groq', "
+            "'m', 100, 10, 0.001, 5, 0, 'ok', :t)"), {"t": "2026-11-30 10:00:00+00:00"})
+
+    upgrade(engine)
+
+    with make_sessionmaker(engine)() as s:
+        q.record_calls(s, job_id="j1", stage="synthesis", attempts=[dict(
+            provider="anthropic", model="m", outcome="ok", input_tokens=3000, output_tokens=50,
+            cached_input_tokens=2048, cache_write_tokens=0, cost_usd=0.002, latency_ms=5,
+            wait_ms=0)])
+        s.commit()
+        (before,), (after,) = (q.usage_by_stage(s, job_id="j1")[i:i + 1] for i in (0, 1))
+        assert (before["stage"], before["cached_input_tokens"], before["cache_write_tokens"]) == (
+            "market", 0, 0)
+        assert (after["stage"], after["input_tokens"], after["cached_input_tokens"]) == (
+            "synthesis", 3000, 2048)
+    from alembic import command
+
+    from masterplan.db.session import _alembic_config
+
+    cfg = _alembic_config(any_db_url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0005")
+    assert "cached_input_tokens" not in {
+        col["name"] for col in sa.inspect(engine).get_columns("llm_calls")}
+    engine.dispose()

@@ -160,7 +160,9 @@ def test_anthropic_forced_tool_use(anthropic_fake: FakeProvider) -> None:
     [tool] = body["tools"]
     assert tool["name"] == "PersonaOutput"
     assert tool["input_schema"] == PersonaOutput.model_json_schema()
-    assert body["system"] == req.system
+    # The personas' shared prefix, marked for Anthropic's prompt cache.
+    assert body["system"] == [{"type": "text", "text": req.system,
+                               "cache_control": {"type": "ephemeral"}}]
     assert body["max_tokens"] == req.max_tokens
     assert "temperature" not in body
 
@@ -377,3 +379,29 @@ def test_abandoned_stream_closes_cleanly(fake: FakeProvider) -> None:
     assert isinstance(next(stream), str)
     stream.close()
     PersonaOutput.model_validate_json(adapter.complete(request()).text)  # connection pool fine
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+def test_the_second_persona_reads_the_shared_prefix_from_the_cache(
+        fake: FakeProvider, streamed: bool) -> None:
+    context = {"notes": "Labs buy refurbished centrifuges through six-week procurement. " * 80}
+    adapter = adapter_for(fake)
+
+    def usage(key: str) -> tuple[int, int, int]:
+        req = persona_request(key, IDEA, context)
+        if streamed:
+            *_, end = adapter.stream(req)
+            assert isinstance(end, StreamEnd)
+            u = end.usage
+        else:
+            u = adapter.complete(req).usage
+        return u.input_tokens, u.cached_input_tokens, u.cache_write_tokens
+
+    first, second = usage("market"), usage("finance")
+
+    assert first[1] == 0 and second[1] >= 1024
+    assert second[1] < second[0]  # cached tokens are a part of all the input tokens
+    if fake.flavor == "anthropic":
+        assert first[2] == second[1] and second[2] == 0  # written once, then read
+    else:
+        assert first[2] == second[2] == 0 and second[1] % 128 == 0
