@@ -20,7 +20,8 @@ TITLES = {"market": "Market & customers", "technical": "Technical architect",
 def garbage_for(*personas: str):
     """A responder that answers these personas with text that is not JSON, every time."""
     def respond(prompt: FakePrompt):
-        if any(TITLES[p] in prompt.system for p in personas):
+        brief = prompt.messages[0][1] if prompt.messages else ""  # "You are the <title> ..."
+        if any(TITLES[p] in brief for p in personas):
             return "I'd rather write prose than JSON."
         return default_responder(prompt)
     return respond
