@@ -49,7 +49,7 @@ def _job_cost(flavor: str, cache: bool, context: dict[str, Any]) -> dict[str, fl
         env = {"LLM_PROVIDERS": flavor, "REDIS_KEY_PREFIX": prefix, f"{name}_BASE_URL": base,
                f"{name}_API_KEY": "sk-bench", f"{name}_TPM": "100000000",
                f"{name}_RPM": "1000000"}
-        router = build_router(H.settings_for(env), _redis())
+        router = build_router(H.settings_for(env), H.ours_redis())
         attempts: list[Any] = []
         try:
             findings: dict[str, dict[str, Any]] = {}
@@ -64,25 +64,11 @@ def _job_cost(flavor: str, cache: bool, context: dict[str, Any]) -> dict[str, fl
             plan = routed.completion.data.model_dump(mode="json")
             attempts += router.route(critique_request(IDEA, plan)).attempts
         finally:
-            _forget(prefix)
+            H.forget_keys(prefix + ":")
     return {"cost_usd": sum(a.cost_usd for a in attempts),
             "input_tokens": float(sum(a.input_tokens for a in attempts)),
             "cached_input_tokens": float(sum(a.cached_input_tokens for a in attempts)),
             "cache_write_tokens": float(sum(a.cache_write_tokens for a in attempts))}
-
-
-def _redis() -> Any:
-    import redis
-
-    return redis.Redis.from_url(H.redis_url(H.OURS_DB))
-
-
-def _forget(prefix: str) -> None:
-    client = _redis()
-    keys = [*client.scan_iter(f"{prefix}:*", count=1000)]
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def measure_caching(*, context_tokens: int, repeats: int) -> dict[str, Any]:

@@ -46,6 +46,24 @@ def flush_redis(db: int) -> None:
         client.close()
 
 
+def ours_redis() -> Any:
+    """A client of the benchmarks' own Redis database (for routers built in this process)."""
+    import redis
+
+    return redis.Redis.from_url(redis_url(OURS_DB))
+
+
+def forget_keys(prefix: str) -> None:
+    """This run's keys only (those under `prefix`): the Redis database is shared."""
+    client = ours_redis()
+    try:
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def pg_admin_url() -> str:
     return os.environ.get("BENCH_PG_ADMIN_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
 

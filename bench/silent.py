@@ -36,22 +36,7 @@ def _router(silent: FakeProvider | None, honest: FakeProvider, env: dict[str, st
     if silent is not None:
         base |= {"GROQ_BASE_URL": silent.openai_base_url, "GROQ_API_KEY": "sk-silent",
                  "GROQ_TPM": "100000000", "GROQ_RPM": "1000000"}
-    return build_router(H.settings_for(base | env), _redis())
-
-
-def _redis() -> Any:
-    import redis
-
-    return redis.Redis.from_url(H.redis_url(H.OURS_DB))
-
-
-def _forget(prefix: str) -> None:
-    """This run's buckets and circuits only: the database is shared."""
-    client = _redis()
-    keys = [*client.scan_iter(f"{prefix}:*", count=1000)]
-    if keys:
-        client.delete(*keys)
-    client.close()
+    return build_router(H.settings_for(base | env), H.ours_redis())
 
 
 def _run(calls: int, env: dict[str, str]) -> dict[str, float]:
@@ -80,8 +65,8 @@ def _run(calls: int, env: dict[str, str]) -> dict[str, float]:
                 assert routed.completion.provider == "google", routed.attempts
                 timed.append((routed.attempts[0].outcome == CallOutcome.TIMEOUT, elapsed))
         finally:
-            _forget(prefix + "-alone")
-            _forget(prefix)
+            H.forget_keys(f"{prefix}-alone:")
+            H.forget_keys(prefix + ":")
         baseline = statistics.median(base)
         before = [t - baseline for reached, t in timed if reached]
         after = [t - baseline for reached, t in timed if not reached]

@@ -160,22 +160,9 @@ def measure_streams(*, streams: int, jobs: int, requests: int, repeats: int) -> 
                             add(f"{kind}_loaded_p{p}_ms", lo)
                             add(f"{kind}_ratio_p{p}", lo / i)
         finally:
-            _forget_keys(prefix)
+            H.forget_keys(prefix)
     return {"streams": streams, "jobs": jobs, "requests": requests, "repeats": repeats,
             "poll_s": poll_s, **{k: H.summarize(v) for k, v in figs.items()}}
-
-
-def _forget_keys(prefix: str) -> None:
-    """Only this run's keys (the queued tasks of the jobs we posted): the database is shared."""
-    import redis
-
-    client = redis.Redis.from_url(H.redis_url(H.OURS_DB))
-    try:
-        keys = list(client.scan_iter(f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 # ------------------------------------------------------------------ the holder process
