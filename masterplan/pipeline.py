@@ -252,7 +252,8 @@ def _hold(rt: Runtime, job: Job, provider: ProviderConfig, reservation: Reservat
     with rt.sessions.begin() as s:
         if q.hold_budget(s, job_id=job.id, usd=usd):
             return usd
-        if _job_closed(rt, job.id):
+        now = q.get_job(s, job_id=job.id)
+        if now is None or now.status not in OPEN:
             raise E.JobClosed(f"job {job.id} is no longer open")
         spent, held = q.job_spend(s, job_id=job.id)
     ceiling = job.max_cost_usd or 0.0

@@ -136,9 +136,11 @@ def error_body(
 
 
 def rate_limit_message(
-    style: str, model: str, *, kind: str, limit: int, used: int, requested: int, wait_s: float
+    style: str, model: str, *, kind: str, limit: int, used: int, requested: int, wait_s: float,
+    per: str | None = None,
 ) -> str:
-    per = "tokens per minute (TPM)" if kind == "tokens" else "requests per minute (RPM)"
+    """The 429 message of a spent per-minute limit (`per` names another window, for Groq)."""
+    per = per or ("tokens per minute (TPM)" if kind == "tokens" else "requests per minute (RPM)")
     if style == "groq":
         return (
             f"Rate limit reached for model `{model}` in organization `org_fake` service tier "
@@ -172,12 +174,8 @@ def daily_limit_message(
     """The 429 message of a spent daily quota, in each provider's words."""
     per = "tokens per day (TPD)" if kind == "tokens" else "requests per day (RPD)"
     if style == "groq":
-        return (
-            f"Rate limit reached for model `{model}` in organization `org_fake` service tier "
-            f"`on_demand` on {per}: Limit {limit}, Used {used}, Requested {requested}. "
-            f"Please try again in {go_duration(wait_s)}. Need more tokens? Upgrade to Dev Tier "
-            "today at https://console.groq.com/settings/billing"
-        )
+        return rate_limit_message(style, model, kind=kind, limit=limit, used=used,
+                                  requested=requested, wait_s=wait_s, per=per)
     if style == "gemini":
         metric = "input_token_count" if kind == "tokens" else "requests"
         return (

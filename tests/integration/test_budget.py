@@ -70,9 +70,10 @@ def test_a_running_job_stops_before_the_call_that_could_pass_its_ceiling(priced)
                               max_cost_usd=persona_worst * 5.5).id
     enqueue(job_id)
 
-    job = _wait(stack, job_id)
+    job = stack.wait(job_id)
 
-    assert job.status == "failed" and job.error.startswith("budget: the next call (groq, up to $")
+    assert job["status"] == "failed"
+    assert job["error"].startswith("budget: the next call (groq, up to $")
     with rt.sessions() as s:
         runs = {r.stage: r for r in q.stage_runs(s, job_id=job_id)}
         calls = q.llm_calls(s, job_id=job_id)
@@ -108,16 +109,3 @@ def _owner() -> str:
     from tests.integration.conftest import KEY_A
 
     return owner_of(KEY_A)
-
-
-def _wait(stack: Stack, job_id: str, timeout: float = 60):  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with stack.runtime.sessions() as s:
-            job = q.get_job(s, job_id=job_id)
-        if job.status not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still open after {timeout} s")

@@ -68,8 +68,10 @@ def test_a_daily_429_cools_the_provider_down_until_its_day_resets(
     router = router_on(day_fake, day_fake.flavor, redis_client)
     assert router.route(REQ).completion.provider == name  # the day's one request
     # Groq's request headers speak of its day ("0 left"), which lowers our minute bucket until
-    # its next request refills (0.6 ms at 100,000 RPM): let that pass, so the call is sent.
-    time.sleep(0.01)
+    # its next request refills (0.6 ms at 100,000 RPM): wait for that, so the call is sent.
+    deadline = time.monotonic() + 5
+    while router.limiter.status(name).requests < 1:
+        assert time.monotonic() < deadline, "the minute bucket never refilled a request"
 
     second = router.route(REQ)  # the provider's day is spent: its 429, then the stub at once
     assert second.completion.provider == "stub"
