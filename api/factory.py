@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api import errors, metrics, openapi
 from api.middleware import BodyLimit, PathGuard
-from api.routes import events, health, jobs, providers
+from api.routes import events, health, interviews, jobs, providers
 from masterplan.errors import ConfigError, SchemaBehindError
 from masterplan.logs import setup_logging
 from masterplan.runtime import Runtime, build_runtime
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.api_keys = keys
     errors.install(app)
     metrics.install(app)
-    for r in (health.router, jobs.router, events.router, providers.router):
+    for r in (health.router, jobs.router, events.router, interviews.router, providers.router):
         app.include_router(r)
     openapi.install(app, settings)
     # The last added runs first: the body cap wraps everything, then the path check, both

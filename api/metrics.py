@@ -217,10 +217,11 @@ class BrokerCollector:
 
     def collect(self) -> Iterator[Metric]:
         # Imported here: importing `workers` builds the Celery app from the environment.
-        from workers.config import PERSONA_QUEUE, PIPELINE_QUEUE
+        from workers.config import INTERACTIVE_QUEUE, PERSONA_QUEUE, PIPELINE_QUEUE
 
         prefix = f"{self.rt.settings.redis_key_prefix}:"
-        keys = {queue: _queue_keys(prefix, queue) for queue in (PERSONA_QUEUE, PIPELINE_QUEUE)}
+        keys = {queue: _queue_keys(prefix, queue)
+                for queue in (INTERACTIVE_QUEUE, PERSONA_QUEUE, PIPELINE_QUEUE)}
         client, owned = self._client()
         try:
             pipe = client.pipeline(transaction=False)

@@ -88,7 +88,7 @@ def _complete(path: str, op: dict[str, Any]) -> None:
     for code, response in responses.items():
         if code.isdigit() and int(code) >= 400 and "content" not in response:
             response["content"] = _problem_content(code)
-        if code == "429":
+        if code in ("429", "503"):
             response.setdefault("headers", _RETRY_AFTER)
     op["responses"] = dict(sorted(responses.items()))
 

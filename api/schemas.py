@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.validation import IDEA_PATTERN, MAX_IDEA_CHARS, text_problem
+from api.validation import IDEA_PATTERN, MAX_ANSWER_CHARS, MAX_IDEA_CHARS, text_problem
 
 EXAMPLES = {
     "idea": {"summary": "An idea alone", "value": {"idea": "bike repair subscriptions"}},
@@ -18,6 +18,17 @@ EXAMPLES = {
                               "market": {"region": "EU", "buyers": "university labs"}}},
     },
 }
+
+
+def _text(v: str, limit: int) -> str:
+    if len(v) > limit:
+        raise ValueError(f"is {len(v)} characters; the limit is {limit}")
+    if (why := text_problem(v)) is not None:
+        raise ValueError(why)
+    v = v.strip()
+    if not v:
+        raise ValueError("must not be empty or only whitespace")
+    return v
 
 
 class JobCreate(BaseModel):
@@ -43,14 +54,7 @@ class JobCreate(BaseModel):
     @field_validator("idea")
     @classmethod
     def _idea(cls, v: str) -> str:
-        if len(v) > MAX_IDEA_CHARS:
-            raise ValueError(f"is {len(v)} characters; the limit is {MAX_IDEA_CHARS}")
-        if (why := text_problem(v)) is not None:
-            raise ValueError(why)
-        v = v.strip()
-        if not v:
-            raise ValueError("must not be empty or only whitespace")
-        return v
+        return _text(v, MAX_IDEA_CHARS)
 
 
 class RunPublic(BaseModel):
@@ -189,3 +193,73 @@ class Readiness(BaseModel):
     status: str = Field(description="`ok` when every dependency answers, else `unavailable`.")
     database: str = Field(description="`ok`, or `unreachable: <error class>`.")
     broker: str = Field(description="`ok`, or `unreachable: <error class>`.")
+
+
+# -- interviews ------------------------------------------------------------------------------
+class InterviewCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idea: str = Field(
+        description="The startup idea, as for a job: 1 to 20,000 characters, not only whitespace.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_IDEA_CHARS, "pattern": IDEA_PATTERN})
+
+    @field_validator("idea")
+    @classmethod
+    def _idea(cls, v: str) -> str:
+        return _text(v, MAX_IDEA_CHARS)
+
+
+class AnswerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    answer: str = Field(
+        description="The founder's answer to the latest question (a quick reply's text is "
+        "fine): 1 to 4,000 characters, not only whitespace.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_ANSWER_CHARS, "pattern": IDEA_PATTERN})
+
+    @field_validator("answer")
+    @classmethod
+    def _answer(cls, v: str) -> str:
+        return _text(v, MAX_ANSWER_CHARS)
+
+
+class TurnUsage(BaseModel):
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class TurnPublic(BaseModel):
+    n: int
+    status: str = Field(description="streaming | done | failed (its text failed: answer again)")
+    answer: str | None = Field(description="The founder's answer this turn replies to (none "
+                               "for the first).")
+    question: str | None = Field(description="The interviewer's text (so far, while streaming; "
+                                 "what arrived, when it failed).")
+    structured: dict[str, Any] | None = Field(
+        description="The structured part: `eval` (each score 0-10 with its `reason` and how it "
+        "`moved` since the last turn), `assumptions` (each with `status` added | confirmed | "
+        "challenged, `since` and `changed`), `choices` (2-4 quick replies) and `done`; null "
+        "when it failed on every provider (see `structured_error`).")
+    structured_error: str | None
+    error: str | None
+    provider: str | None
+    model: str | None
+    first_token_ms: int | None = Field(description="From the worker's call to the first token.")
+    usage: TurnUsage
+    created_at: datetime
+    finished_at: datetime | None
+    events: str = Field(description="This turn's event stream (resumable with Last-Event-ID).")
+
+
+class InterviewPublic(BaseModel):
+    id: str
+    idea: str
+    status: str = Field(description="open | done (no more answers: build the masterplan)")
+    created_at: datetime
+    turns: list[TurnPublic]
+    evaluation: dict[str, Any] | None = Field(description="The latest evaluation.")
+    assumptions: list[dict[str, Any]] = Field(description="Tracked across turns.")
+    job_id: str | None = Field(description="The masterplan job built from this interview.")
+    usage: TurnUsage = Field(description="Every turn's calls together.")

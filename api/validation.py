@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_IDEA_CHARS = 20_000
+MAX_ANSWER_CHARS = 4_000  # a founder's answer in an interview
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 # Exactly the characters `str.strip()` removes, spelled out: `\s` means something else in the

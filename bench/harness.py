@@ -192,14 +192,14 @@ class Worker:
 
 def start_worker(
     app: str, env: dict[str, str], *, probe: Any, pool: str, concurrency: int, name: str,
-    ready_timeout: float = 60,
+    ready_timeout: float = 60, queues: str = "interactive,personas,pipeline",
 ) -> Worker:
     """`celery -A <app> worker -P <pool> -c <n>`, waiting until it answers a ping sent
     through `probe` (a Celery app configured as the worker's)."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     hostname = f"{name}-{uuid.uuid4().hex[:6]}@bench"
-    # The Procfile's flags (both queues, no gossip, no mingle), for ours and raw alike.
-    args = [str(BIN / "celery"), "-A", app, "worker", "-Q", "personas,pipeline", "-P", pool,
+    # The Procfile's flags (its queues, no gossip, no mingle), for ours and raw alike.
+    args = [str(BIN / "celery"), "-A", app, "worker", "-Q", queues, "-P", pool,
             "-c", str(concurrency), "--hostname", hostname, "-l", "INFO", "--without-gossip",
             "--without-mingle"]
     proc = Proc(args, clean_env(**env), LOG_DIR / f"{name}.log")

@@ -12,7 +12,8 @@ A job admitted while its key had nothing else in flight runs in the "first" lane
 buckets keep FAIR_HEADROOM of their capacity for the first lane (masterplan/ratelimit/), so a
 key's burst cannot drain a provider for everyone else either; a single tenant keeps the whole
 bucket. (The first newcomer after a single-tenant spell finds the bucket drained, and waits for
-its own calls' tokens to refill; the ones after it find the headroom.)
+its own calls' tokens to refill; the ones after it find the headroom.) Interview turns get a
+share the same way (INTERACTIVE_SHARE, see `headroom`).
 
 Submissions are limited per key too (KEY_SUBMISSIONS_PER_MIN, a sliding minute).
 """
@@ -45,24 +46,33 @@ class Slot:
     lane: str = FIRST
 
 
-# Whether other keys compete is asked at most this often per process (one small query).
+# Whether other keys compete, and whether an interview is on, is asked at most this often per
+# process (two small queries in one transaction).
 CONTENDED_TTL_S = 1.0
-_contended: tuple[float, bool] = (-CONTENDED_TTL_S, False)
+_competition: tuple[float, bool, bool] = (-CONTENDED_TTL_S, False, False)
+_MAX_HEADROOM = 0.9
 
 
 def headroom(rt: Runtime, lane: str) -> float:
-    """The share of each bucket a call of this lane must leave to other keys' first jobs."""
-    global _contended
-    if lane != MORE or not rt.settings.fair_headroom:
+    """The share of each bucket a masterplan call of this lane must leave untouched: other
+    keys' first jobs get FAIR_HEADROOM from a key's further jobs, and interview turns get
+    INTERACTIVE_SHARE from every job while an interview was active in INTERACTIVE_WINDOW_S."""
+    global _competition
+    s = rt.settings
+    fair = s.fair_headroom if lane == MORE else 0.0
+    if not fair and not s.interactive_share:
         return 0.0
-    at, contended = _contended
+    at, contended, interviewing = _competition
     now = time.monotonic()
     if now - at >= CONTENDED_TTL_S:
-        with rt.sessions() as s:
-            since = utcnow() - timedelta(seconds=rt.settings.fair_window_s)
-            contended = q.active_owners(s, since=since, at_least=2)
-        _contended = (now, contended)
-    return rt.settings.fair_headroom if contended else 0.0
+        with rt.sessions() as session:
+            contended = bool(fair) and q.active_owners(
+                session, since=utcnow() - timedelta(seconds=s.fair_window_s), at_least=2)
+            interviewing = bool(s.interactive_share) and q.interviews_active(
+                session, since=utcnow() - timedelta(seconds=s.interactive_window_s))
+        _competition = (now, contended, interviewing)
+    share = (fair if contended else 0.0) + (s.interactive_share if interviewing else 0.0)
+    return min(share, _MAX_HEADROOM)
 
 
 def retry_after_s(s: Session, settings: Settings, owner: str) -> int | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from masterplan.interview import render_context
 from masterplan.llm.base import LLMRequest, Message, json_instructions
 from masterplan.schemas import Critique, Masterplan, PersonaOutput
 
@@ -76,9 +77,14 @@ def persona(key: str) -> Persona:
 
 
 def _idea_block(idea: str, context: dict[str, Any] | None) -> str:
+    """The idea and what the founder gave: an interview as its transcript and tracked
+    assumptions (masterplan/interview.py), anything else as JSON."""
     text = f"Startup idea:\n{idea.strip()}"
-    if context:
-        text += "\n\nFounder's context:\n" + json.dumps(context, indent=2, sort_keys=True)
+    interview, rest = render_context(context or {})
+    if interview:
+        text += "\n\n" + interview
+    if rest:
+        text += "\n\nFounder's context:\n" + json.dumps(rest, indent=2, sort_keys=True)
     return text
 
 

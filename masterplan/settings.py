@@ -342,6 +342,20 @@ class Settings(EnvSettings):
     job_max_cost_usd: float | None = Field(None, gt=0)
     key_daily_budget_usd: float | None = Field(None, gt=0)
 
+    # The interview (masterplan/conversation.py). Its turns run on the `interactive` queue; while
+    # any interview was active in the last INTERACTIVE_WINDOW_S, masterplan jobs' calls must
+    # leave INTERACTIVE_SHARE of each provider bucket to interview turns, so that a turn starts
+    # streaming promptly behind a backlog. A turn's events stay in Redis for
+    # INTERVIEW_STREAM_TTL_S after it ends (a client may resume them); a turn not finished
+    # within INTERVIEW_TURN_TIMEOUT_S is failed as lost.
+    interview_max_turns: int = Field(8, ge=1, le=50)
+    interview_question_max_tokens: int = Field(300, ge=16)
+    interview_eval_max_tokens: int = Field(900, ge=16)
+    interactive_share: float = Field(0.25, ge=0, lt=1)
+    interactive_window_s: float = Field(900.0, ge=0)
+    interview_stream_ttl_s: int = Field(3600, ge=10)
+    interview_turn_timeout_s: float = Field(300.0, gt=0)
+
     flower_basic_auth: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

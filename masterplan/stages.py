@@ -27,6 +27,7 @@ from masterplan.settings import Settings
 
 PERSONA_QUEUE = "personas"
 PIPELINE_QUEUE = "pipeline"
+INTERACTIVE_QUEUE = "interactive"  # interview turns (tasks/interview.py)
 
 
 class Kind(StrEnum):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Task
@@ -99,10 +100,10 @@ _fail_fast_pool: Any = None
 _pool_lock = threading.Lock()
 
 
-def publish_or_fail_fast(job_id: str, names: Iterable[str]) -> None:
-    """`publish`, giving up within about a second when the broker is away (for callers that
-    keep the rows and try again later: the API, the sweep). Connections come from a pool of
-    their own, kept open between calls."""
+@contextmanager
+def fail_fast_connection() -> Iterator[Any]:
+    """A broker connection that gives up within about a second when the broker is away (for
+    callers that answer a client: the API, the sweep). From a pool of its own, kept open."""
     global _fail_fast_pool
     if _fail_fast_pool is None:
         with _pool_lock:
@@ -110,6 +111,12 @@ def publish_or_fail_fast(job_id: str, names: Iterable[str]) -> None:
                 _fail_fast_pool = app.connection_for_write(
                     transport_options=FAIL_FAST_TRANSPORT).Pool(limit=app.conf.broker_pool_limit)
     with _fail_fast_pool.acquire(block=True, timeout=5) as conn:
+        yield conn
+
+
+def publish_or_fail_fast(job_id: str, names: Iterable[str]) -> None:
+    """`publish` on a fail-fast connection (for callers that keep the rows and try again later)."""
+    with fail_fast_connection() as conn:
         publish(job_id, names, connection=conn, retry=False)
 
 

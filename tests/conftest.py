@@ -58,12 +58,16 @@ def make_settings(env: dict[str, str] | None = None, **overrides: Any) -> Any:
     from masterplan.settings import load_settings
 
     # The in-process tests share one database and a few keys across the whole run: the per-key
-    # limits are off unless a test sets them (tests/integration/test_fair_share.py does).
+    # limits and the interview share are off unless a test sets them
+    # (tests/integration/test_fair_share.py does).
     return load_settings({"REDIS_KEY_PREFIX": RUN_PREFIX, **UNLIMITED_KEYS, **(env or {})},
                          env_file=None, **overrides)
 
 
-UNLIMITED_KEYS = {"KEY_SUBMISSIONS_PER_MIN": "0", "KEY_MAX_JOBS_IN_FLIGHT": "100000"}
+UNLIMITED_KEYS = {"KEY_SUBMISSIONS_PER_MIN": "0", "KEY_MAX_JOBS_IN_FLIGHT": "100000",
+                  # An interview in one test must not hold back the buckets of the next test's
+                  # jobs (tests/integration/test_interviews.py sets its own share).
+                  "INTERACTIVE_SHARE": "0"}
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def _survive_redis_loss() -> None:
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
 
 
-app = Celery("masterplan", include=["tasks.pipeline"])
+app = Celery("masterplan", include=["tasks.pipeline", "tasks.interview"])
 _lock = threading.Lock()
 _configured = False
 

@@ -15,9 +15,10 @@ from kombu import Queue
 
 # The limits live with the settings, which refuse an LLM_TIMEOUT_S that is not below them.
 from masterplan.settings import HARD_TIME_LIMIT_S, SOFT_TIME_LIMIT_S, VISIBILITY_TIMEOUT_S, Settings
-from masterplan.stages import PERSONA_QUEUE, PIPELINE_QUEUE
+from masterplan.stages import INTERACTIVE_QUEUE, PERSONA_QUEUE, PIPELINE_QUEUE
 
-__all__ = ["FAIL_FAST_TRANSPORT", "HARD_TIME_LIMIT_S", "SOFT_TIME_LIMIT_S", "VISIBILITY_TIMEOUT_S",
+__all__ = ["FAIL_FAST_TRANSPORT", "HARD_TIME_LIMIT_S", "INTERACTIVE_QUEUE", "PERSONA_QUEUE",
+           "PIPELINE_QUEUE", "SOFT_TIME_LIMIT_S", "VISIBILITY_TIMEOUT_S",
            "celery_config"]
 
 
@@ -47,7 +48,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         # Persona calls (long, rate-limited) and the rest can get their own workers.
-        "task_queues": (Queue(PERSONA_QUEUE, routing_key=PERSONA_QUEUE),
+        # Interview turns (a founder is reading) go to `interactive`, which can have workers
+        # of its own so that they never wait behind a backlog of jobs.
+        "task_queues": (Queue(INTERACTIVE_QUEUE, routing_key=INTERACTIVE_QUEUE),
+                        Queue(PERSONA_QUEUE, routing_key=PERSONA_QUEUE),
                         Queue(PIPELINE_QUEUE, routing_key=PIPELINE_QUEUE)),
         "task_default_queue": PIPELINE_QUEUE,
         # The database holds every result and decides what runs next: no chord, no result

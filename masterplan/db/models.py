@@ -1,4 +1,5 @@
-"""Tables: jobs, stage_runs, llm_calls. The database is the source of truth for a job."""
+"""Tables: jobs, stage_runs, llm_calls, interviews, interview_turns. The database is the source
+of truth for a job and for an interview."""
 
 from __future__ import annotations
 
@@ -112,7 +113,11 @@ class LLMCall(Base):
     __tablename__ = "llm_calls"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # A job's stage, or an interview's turn (stage "interview"): one of the two is set.
+    job_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+                                               index=True)
+    interview_id: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("interviews.id", ondelete="CASCADE"), index=True)
     stage: Mapped[str] = mapped_column(sa.String(32))
     provider: Mapped[str] = mapped_column(sa.String(64))
     model: Mapped[str] = mapped_column(sa.String(128))
@@ -129,3 +134,63 @@ class LLMCall(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     fallback_from: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the attempt began (null for rows older than this column, and for lost calls).
+    started_at: Mapped[datetime | None]
+
+
+class InterviewStatus(StrEnum):
+    OPEN = "open"  # the founder can answer
+    DONE = "done"  # the interviewer has enough, the turns ran out, or a masterplan was built
+
+
+class TurnStatus(StrEnum):
+    STREAMING = "streaming"
+    DONE = "done"
+    FAILED = "failed"  # its text failed; the founder can answer again
+
+
+class Interview(Base):
+    """A conversation that sharpens an idea; its turns, then (maybe) a masterplan job."""
+
+    __tablename__ = "interviews"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64))
+    idea: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default=InterviewStatus.OPEN.value)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The last turn's start or end: an interview touched within INTERACTIVE_WINDOW_S keeps its
+    # share of the provider buckets from batch calls.
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The latest evaluation, and the assumptions tracked across turns.
+    evaluation: Mapped[dict[str, Any] | None]
+    assumptions: Mapped[dict[str, Any] | None]
+    job_id: Mapped[str | None] = mapped_column(sa.String(36))
+
+    __table_args__ = (sa.Index("ix_interviews_owner_created", "owner", "created_at"),)
+
+
+class InterviewTurn(Base):
+    """The founder's answer (none for the first turn), the question streamed back, and the
+    structured part made by a second call."""
+
+    __tablename__ = "interview_turns"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    interview_id: Mapped[str] = mapped_column(sa.ForeignKey("interviews.id", ondelete="CASCADE"))
+    n: Mapped[int]
+    answer: Mapped[str | None] = mapped_column(sa.Text)
+    question: Mapped[str | None] = mapped_column(sa.Text)
+    structured: Mapped[dict[str, Any] | None]
+    structured_error: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default=TurnStatus.STREAMING.value)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    provider: Mapped[str | None] = mapped_column(sa.String(64))
+    model: Mapped[str | None] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    first_token_ms: Mapped[int | None]
+    # The turn's calls (both of them, every attempt): calls, tokens in and out, cost.
+    usage: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (sa.UniqueConstraint("interview_id", "n", name="uq_interview_turns_n"),)

@@ -5,14 +5,24 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from masterplan.db.models import FINISHED, OPEN, Job, JobStatus, LLMCall, RunStatus, StageRun, utcnow
+from masterplan.db.models import (
+    FINISHED,
+    OPEN,
+    Interview,
+    Job,
+    JobStatus,
+    LLMCall,
+    RunStatus,
+    StageRun,
+    utcnow,
+)
 from masterplan.llm.outcomes import SKIPS, CallOutcome
 from masterplan.stages import pipeline
 
@@ -249,6 +259,10 @@ def active_owners(session: Session, *, since: datetime, at_least: int) -> bool:
     return int(session.scalar(sa.select(sa.func.count()).select_from(owners)) or 0) >= at_least
 
 
+def interviews_active(session: Session, *, since: datetime) -> bool:
+    return bool(session.scalar(sa.select(sa.exists().where(Interview.updated_at >= since))))
+
+
 def open_by_owner(session: Session) -> dict[str, int]:
     """Jobs in flight per owner, for every owner with an open job."""
     j = _JOBS.c
@@ -390,10 +404,20 @@ def overdue_jobs(session: Session, *, limit: int = 500) -> list[str]:
                                 .limit(limit)))
 
 
-def record_calls(session: Session, *, job_id: str, stage: str, attempts: Iterable[Any]) -> None:
-    """The ledger: one row per attempt (router `Attempt`s, or their dicts)."""
-    rows = [dict(a if isinstance(a, dict) else asdict(a), job_id=job_id, stage=stage,
-                 created_at=utcnow()) for a in attempts]
+def _ledger_row(attempt: Any, **where: Any) -> dict[str, Any]:
+    row = dict(attempt if isinstance(attempt, dict) else asdict(attempt), **where,
+               created_at=utcnow())
+    started = row.pop("started", None)
+    row["started_at"] = datetime.fromtimestamp(started, UTC) if started else None
+    return row
+
+
+def record_calls(session: Session, *, job_id: str | None = None, interview_id: str | None = None,
+                 stage: str, attempts: Iterable[Any]) -> None:
+    """The ledger: one row per attempt (router `Attempt`s, or their dicts), of a job's stage or
+    of an interview's turn."""
+    rows = [_ledger_row(a, job_id=job_id, interview_id=interview_id, stage=stage)
+            for a in attempts]
     if rows:
         session.flush()
         session.execute(sa.insert(_CALLS), rows)

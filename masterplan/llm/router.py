@@ -99,6 +99,13 @@ class Attempt:
     # Parts of input_tokens: read from the provider's prompt cache, written to it.
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    # When the attempt began (epoch seconds): a row is made when its call ends, `latency_ms`
+    # after it began. A float, not a datetime: rows travel in a task's retry as JSON.
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.started:
+            self.started = time.time() - self.latency_ms / 1000
 
 
 @dataclass(slots=True)

@@ -118,7 +118,51 @@ def fake_output(schema_name: str, system: str, user_text: str) -> dict[str, Any]
             "score": score,
             "reasoning": "The plan is coherent but rests on untested demand.",
         }
+    if schema_name == "TurnOutput":
+        answers = user_text.count("\nFounder: ")
+        base = 3 + min(answers, 5)
+        return {
+            "eval": {name: {"score": min(10, base + i % 2),
+                            "reason": f"{name.replace('_', ' ')} after {answers} answers"}
+                     for i, name in enumerate(("problem", "customer", "market", "differentiation",
+                                               "feasibility", "business_model"))},
+            "assumptions": [
+                {"statement": f"Buyers of '{idea}' feel the pain weekly.",
+                 "status": "confirmed" if answers >= 2 else "added"},
+                *([{"statement": "A pilot customer will pay within 8 weeks.",
+                    "status": "challenged" if answers >= 4 else "added"}] if answers else []),
+            ],
+            "choices": dict(zip(("first", "second", "third", "fourth"),
+                                _INTERVIEW_CHOICES[answers % len(_INTERVIEW_CHOICES)],
+                                strict=False)),
+            "done": answers >= 4,
+        }
     raise ValueError(f"the stub has no output for schema {schema_name!r}")
+
+
+_INTERVIEW_QUESTIONS = (
+    "Who has this problem most painfully today, and how do they solve it now?",
+    "What would make them switch to you in the first month?",
+    "How big is the first market you can reach without paid ads?",
+    "What is the hardest part to build, and what would you buy instead of build?",
+    "Who pays, how much, and how often?",
+    "What has to be true in 90 days for you to keep going?",
+)
+_INTERVIEW_CHOICES = (
+    ["Small labs with no purchasing team", "University departments", "Not sure yet"],
+    ["Price", "Speed", "Trust and warranties"],
+    ["A few hundred buyers", "Thousands", "I have not sized it"],
+    ["Payments and escrow", "Listings quality", "Logistics"],
+    ["The buyer, per transaction", "A monthly subscription"],
+)
+
+
+def interview_question(request: LLMRequest) -> str:
+    """The stub interviewer's next question: the next of a fixed list, by how many it asked."""
+    asked = sum(m.role == "assistant" for m in request.messages)
+    idea = _idea_of(request.messages[0].content) if request.messages else "the idea"
+    q = _INTERVIEW_QUESTIONS[asked % len(_INTERVIEW_QUESTIONS)]
+    return f"Thanks. About '{idea}': {q}" if asked else f"Let's sharpen '{idea}'. {q}"
 
 
 def from_json_schema(schema: dict[str, Any], idea: str) -> Any:
@@ -166,6 +210,8 @@ class StubProvider:
                 return json.dumps(fake_output(schema_name, request.system, user))
             except ValueError:
                 return json.dumps(from_json_schema(request.schema.model_json_schema(), _idea_of(user)))
+        if request.tags.get("stage") == "interview":
+            return interview_question(request)
         idea = _idea_of(user if _IDEA.search(user) or not _IDEA.search(request.system)
                         else request.system)
         return f"Thinking about '{idea}': start with the customer, then the product."

@@ -129,7 +129,8 @@ def test_every_service_runs_what_the_procfile_runs(compose_cmd, tmp_path, overri
     worker = svc["worker"]["command"]
     assert worker[worker.index("-P") + 1] == overrides.get("WORKER_POOL", "threads")
     assert worker[worker.index("-c") + 1] == overrides.get("WORKER_CONCURRENCY", "100")
-    assert worker[worker.index("-Q") + 1] == overrides.get("WORKER_QUEUES", "personas,pipeline")
+    assert worker[worker.index("-Q") + 1] == overrides.get("WORKER_QUEUES",
+                                                           "interactive,personas,pipeline")
 
 
 def test_the_image_runs_the_procfile_web_by_default() -> None:
