@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 IDEA   ?= a marketplace for used lab equipment
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: demo dev test test-fast lint bench chaos clean
+.PHONY: demo interview dev test test-fast lint bench chaos clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -15,12 +15,20 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP_INSTALL) -e . --config-settings editable_mode=compat
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-# The interview in the terminal, then the masterplan built from it.
+interview: $(VENV)/.installed
+	$(BIN)/masterplan interview "$(IDEA)"
+
+dev: $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[dev]' --config-settings editable_mode=compat
 	@touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/masterplan demo "$(IDEA)"
+
+# The interview in the terminal, then the masterplan built from it.
+interview: $(VENV)/.installed
+	$(BIN)/masterplan interview "$(IDEA)"
 
 dev: $(VENV)/.installed
 	$(BIN)/masterplan dev

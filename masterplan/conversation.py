@@ -230,8 +230,11 @@ def _record(rt: Runtime, turn: _Turn, attempts: list[Attempt], **values: Any) ->
     turn.usage = _usage(turn.usage, attempts)
     with rt.sessions.begin() as s:
         q.record_calls(s, interview_id=turn.interview_id, stage=iv.STAGE, attempts=attempts)
+        # Only while it runs: a turn failed as lost meanwhile stays failed (its calls, paid
+        # for, are on the ledger all the same).
         s.execute(sa.update(InterviewTurn).where(InterviewTurn.interview_id == turn.interview_id,
-                                                 InterviewTurn.n == turn.n)
+                                                 InterviewTurn.n == turn.n,
+                                                 InterviewTurn.status == TurnStatus.STREAMING.value)
                   .values(usage=turn.usage, **values))
         s.execute(sa.update(Interview).where(Interview.id == turn.interview_id)
                   .values(updated_at=utcnow()))

@@ -121,8 +121,8 @@ def question_request(idea: str, turns: Sequence[Exchange], *, max_tokens: int) -
                       max_tokens=max_tokens, temperature=0.7, tags={"stage": STAGE})
 
 
-def transcript_text(idea: str, turns: Sequence[Exchange]) -> str:
-    lines = [f"Startup idea: {idea.strip()}"]
+def transcript_text(turns: Sequence[Exchange]) -> str:
+    lines = []
     for t in turns:
         if t.answer is not None:
             lines.append(f"Founder: {t.answer}")
@@ -135,7 +135,7 @@ def structure_request(idea: str, turns: Sequence[Exchange], tracked: Sequence[di
                       *, max_tokens: int) -> LLMRequest:
     """The evaluation of the conversation, its last question included."""
     known = "\n".join(f"- [{a['status']}] {a['statement']}" for a in tracked) or "(none yet)"
-    body = (f"Interview so far:\n{transcript_text(idea, turns)}\n\n"
+    body = (f"Startup idea:\n{idea.strip()}\n\nInterview so far:\n{transcript_text(turns)}\n\n"
             f"Assumptions tracked so far:\n{known}\n\n"
             "Evaluate the idea as the conversation now stands, update the assumptions, offer "
             "the founder 2 to 4 short answers to the interviewer's last question, and say "

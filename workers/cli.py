@@ -1,4 +1,5 @@
-"""`masterplan demo "idea"` and `masterplan dev`: the whole system in one process.
+"""`masterplan demo "idea"`, `masterplan interview "idea"` and `masterplan dev`: the whole
+system in one process.
 
 Both run a real Celery worker inside the process. With no REDIS_URL that is the embedded
 default (memory broker, fakeredis, SQLite, the stub provider when no key is set); with REDIS_URL
@@ -26,6 +27,7 @@ DEMO_STUB_LATENCY_MS = "400"
 # Each command's defaults, used where neither the environment nor `.env` sets the variable.
 DEFAULTS: dict[str, dict[str, str]] = {
     "demo": {"STUB_LATENCY_MS": DEMO_STUB_LATENCY_MS},
+    "interview": {"STUB_LATENCY_MS": DEMO_STUB_LATENCY_MS},
     "dev": {"AUTH_DISABLED": "true"},
 }
 
@@ -58,46 +60,134 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     return app, rt
 
 
-def demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _run_job(console: Any, rt: Any, idea: str, context: dict[str, Any] | None) -> int:
+    """Store and run one job on the worker already running, showing its progress live, then
+    print it; 0 when it succeeded."""
+    from rich.live import Live
 
     from masterplan.db import queries as q
     from masterplan.db.models import OPEN
-    from masterplan.settings import chain_summary
     from tasks.pipeline import enqueue
-    from workers.embedded import embedded_worker
     from workers.render import progress_table, render_job
+
+    with rt.sessions.begin() as s:
+        job = q.create_job(s, owner="demo", idea=idea, context=context,
+                           deadline_s=rt.settings.job_deadline_s)
+    started = time.perf_counter()
+    enqueue(job.id)
+    with Live(console=console, refresh_per_second=12, transient=False) as live:
+        while True:
+            with rt.sessions() as s:
+                j = q.get_job(s, job_id=job.id)
+                assert j is not None
+                runs = q.stage_runs(s, job_id=job.id)
+                live.update(progress_table(j, runs, time.perf_counter() - started))
+                if j.status not in OPEN:
+                    break
+            time.sleep(0.05)
+    console.print()
+    with rt.sessions() as s:
+        j = q.get_job(s, job_id=job.id)
+        assert j is not None
+        render_job(console, j, q.stage_runs(s, job_id=job.id),
+                   q.usage_by_stage(s, job_id=job.id), rt.settings)
+    return 0 if j.status == "succeeded" else 1
+
+
+def _where(console: Any, rt: Any) -> None:
+    from masterplan.settings import chain_summary
+
+    console.print(f"[dim]{'embedded default' if rt.settings.embedded else 'services'}: "
+                  f"{chain_summary(rt.settings)}; database {rt.engine.url.render_as_string()}[/dim]")
+
+
+def demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from workers.embedded import embedded_worker
 
     console = Console()
     app, rt = _prepare(args)
-    console.print(f"[dim]{'embedded default' if rt.settings.embedded else 'services'}: "
-                  f"{chain_summary(rt.settings)}; database {rt.engine.url.render_as_string()}[/dim]")
+    _where(console, rt)
     with embedded_worker(app):
-        with rt.sessions.begin() as s:
-            job = q.create_job(s, owner="demo", idea=args.idea, context=None,
-                               deadline_s=rt.settings.job_deadline_s)
-        started = time.perf_counter()
-        enqueue(job.id)
-        from rich.live import Live
-
-        with Live(console=console, refresh_per_second=12, transient=False) as live:
-            while True:
-                with rt.sessions() as s:
-                    j = q.get_job(s, job_id=job.id)
-                    assert j is not None
-                    runs = q.stage_runs(s, job_id=job.id)
-                    live.update(progress_table(j, runs, time.perf_counter() - started))
-                    if j.status not in OPEN:
-                        break
-                time.sleep(0.05)
-        console.print()
-        with rt.sessions() as s:
-            j = q.get_job(s, job_id=job.id)
-            assert j is not None
-            render_job(console, j, q.stage_runs(s, job_id=job.id),
-                       q.usage_by_stage(s, job_id=job.id), rt.settings)
+        code = _run_job(console, rt, args.idea, None)
     rt.close()
-    return 0 if j.status == "succeeded" else 1
+    return code
+
+
+def interview(args: argparse.Namespace) -> int:
+    """The interview in the terminal: each question streamed as it is written, the scores and
+    the quick replies after it (type a number or your own answer; an empty line or /done
+    stops), then the masterplan built from the conversation."""
+    from rich.console import Console
+
+    from masterplan import conversation as cv
+    from tasks.interview import enqueue_turn
+    from workers.embedded import embedded_worker
+    from workers.render import render_turn
+
+    console = Console(highlight=False)
+    app, rt = _prepare(args)
+    _where(console, rt)
+    with embedded_worker(app):
+        iid, n = cv.start(rt, owner="demo", idea=args.idea)
+        while True:
+            enqueue_turn(iid, n)
+            turn = _stream_turn(console, rt, iid, n)
+            choices = render_turn(console, turn)
+            if turn is not None and turn.get("finished"):
+                console.print("[bold]The interviewer has enough.[/bold]")
+                break
+            answer = _answer(console, choices)
+            if answer is None:
+                break
+            n = cv.answer(rt, owner="demo", interview_id=iid, text=answer)
+        console.print("\n[bold]Building the masterplan from the interview…[/bold]")
+        interview_row, context = cv.job_input(rt, owner="demo", interview_id=iid)
+        code = _run_job(console, rt, interview_row.idea, context)
+    rt.close()
+    return code
+
+
+def _stream_turn(console: Any, rt: Any, interview_id: str, n: int) -> dict[str, Any] | None:
+    """Print the turn's text as it arrives; its `turn` payload, or None when it failed."""
+    from masterplan import turnstream as ts
+
+    key = ts.key(rt.settings.redis_key_prefix, interview_id, n)
+    console.print(f"\n[bold cyan]Interviewer[/bold cyan] [dim](turn {n})[/dim]")
+    result: dict[str, Any] | None = None
+    for event in ts.follow(rt.redis, key, give_up_s=rt.settings.interview_turn_timeout_s):
+        data = event.payload()
+        if event.name == ts.TOKEN:
+            console.print(data["text"], end="", soft_wrap=True)
+        elif event.name == ts.WAIT:
+            console.print(f"[dim](waiting {data['wait_ms'] / 1000:.1f} s for a provider)[/dim]",
+                          end=" ")
+        elif event.name == ts.ERROR:
+            console.print(f"\n[red]this turn failed: {data['error']}[/red]")
+        elif event.name == ts.TURN:
+            result = data
+    console.print()
+    return result
+
+
+def _answer(console: Any, choices: list[str]) -> str | None:
+    """The founder's answer: a choice by its number, or their own words; None to stop."""
+    while True:
+        try:
+            line = console.input("[bold green]you>[/bold green] ").strip()
+        except EOFError:
+            return None
+        if not line or line == "/done":
+            return None
+        if line.isdigit():
+            i = int(line)
+            if 1 <= i <= len(choices):
+                return choices[i - 1]
+            console.print(f"[yellow]there is no choice {i}; type 1 to {len(choices)} or your own "
+                          "answer[/yellow]")
+            continue
+        return line
 
 
 def dev(args: argparse.Namespace) -> int:
@@ -122,12 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run one masterplan job and print it")
     p.add_argument("idea", nargs="?", default=DEFAULT_IDEA)
     p.set_defaults(fn=demo)
+    p = sub.add_parser("interview", help="an interview that sharpens the idea, then its masterplan")
+    p.add_argument("idea", nargs="?", default=DEFAULT_IDEA)
+    p.set_defaults(fn=interview)
     p = sub.add_parser("dev", help="the HTTP API with an in-process worker")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(fn=dev, quiet_logs=False)
     args = parser.parse_args(argv)
-    if args.command == "demo" and not args.idea.strip():
+    if args.command in ("demo", "interview") and not args.idea.strip():
         parser.error("the idea must not be empty")
     logging.captureWarnings(True)
     return int(args.fn(args))

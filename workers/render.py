@@ -73,3 +73,28 @@ def render_job(console: Console, job: Any, runs: list[Any], usage: list[dict[str
         )
         console.print(f"[dim]The stub costs nothing; the same tokens would cost: {at}.[/dim]")
     console.print(f"job {job.id}: [b]{job.status}[/b]")
+
+
+def render_turn(console: Console, turn: dict[str, Any] | None) -> list[str]:
+    """An interview turn's structured part: the scores (and how they moved), the assumptions
+    this turn changed, the quick replies numbered. Returns the replies."""
+    if turn is None:
+        console.print("[dim]answer again to go on[/dim]")
+        return []
+    s = turn.get("structured")
+    if s is None:
+        console.print(f"[yellow]no scores this turn: {turn.get('error')}[/yellow]")
+        return []
+    t = Table(show_header=False, box=None, padding=(0, 1))
+    for name, score in s["eval"].items():
+        moved = score["moved"]
+        arrow = f"[green]+{moved}[/green]" if moved > 0 else f"[red]{moved}[/red]" if moved < 0 \
+            else "[dim]=[/dim]"
+        t.add_row(name.replace("_", " "), f"{score['score']}/10", arrow, f"[dim]{score['reason']}[/dim]")
+    console.print(t)
+    for a in s["assumptions"]:
+        if a.get("changed"):
+            console.print(f"  [magenta]{a['status']}[/magenta]: {a['statement']}")
+    for i, choice in enumerate(s["choices"], 1):
+        console.print(f"  [bold]{i}[/bold]. {choice}")
+    return list(s["choices"])

@@ -149,11 +149,11 @@ _INTERVIEW_QUESTIONS = (
     "What has to be true in 90 days for you to keep going?",
 )
 _INTERVIEW_CHOICES = (
-    ["Small labs with no purchasing team", "University departments", "Not sure yet"],
-    ["Price", "Speed", "Trust and warranties"],
-    ["A few hundred buyers", "Thousands", "I have not sized it"],
-    ["Payments and escrow", "Listings quality", "Logistics"],
-    ["The buyer, per transaction", "A monthly subscription"],
+    ["Small businesses that do it by hand", "Individuals", "Not sure yet"],
+    ["Price", "Speed", "Trust"],
+    ["A few hundred customers", "Thousands", "I have not sized it"],
+    ["The core workflow", "Integrations", "Payments"],
+    ["The user, monthly", "The business, per transaction"],
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -281,3 +282,70 @@ def test_personas_prompts_carry_the_transcript_and_assumptions() -> None:
     assert "Founder: University labs" in system
     assert "- [confirmed] Labs buy used gear" in system
     assert '"budget": "50k"' in system and '"transcript"' not in system
+
+
+@pytest.mark.parametrize("fault", ["silent", "stall", "no_end"])
+def test_timeouts_and_broken_streams(make_stack, fault: str) -> None:
+    """Silent before its first token: replaced by the next provider, the reader sees only a
+    later first token. Stalled between chunks, or ended without its end marker, after text was
+    sent: the turn ends with an `error` carrying what arrived, never the next provider's text."""
+    with FakeProvider(api_key="sk-a", chunk_chars=6) as first, \
+            FakeProvider(api_key="sk-b", chunk_chars=6) as second:
+        if fault == "silent":
+            first.stall_stream_after(0)
+        elif fault == "stall":
+            first.stall_stream_after(2)
+        else:
+            first.cut_stream_end("end")
+        stack = make_stack({**fake_env("openai", first), **fake_env("groq", second),
+                            "LLM_PROVIDERS": "openai,groq", "LLM_FIRST_TOKEN_TIMEOUT_S": "1",
+                            "LLM_STALL_TIMEOUT_S": "1"})
+        iv = start(stack)
+        got = read_turn(stack, "GET", iv["turns"][0]["events"])
+        names = [n for _, n, _ in got]
+        body = wait_turn(stack, iv["id"], 1)
+        if fault == "silent":
+            assert names[-2:] == ["turn", "end"] and "error" not in names
+            assert body["turns"][0]["provider"] == "groq"
+            assert body["turns"][0]["first_token_ms"] >= 1000
+            return
+        assert names[-2:] == ["error", "end"] and "turn" not in names, names
+        assert got[-2][2]["partial"] == text_of(got) and text_of(got)
+        assert second.count() == 0
+        assert body["turns"][0]["status"] == "failed"
+
+
+def test_a_turn_whose_worker_is_gone_ends_as_lost(make_stack) -> None:
+    """A turn still running past INTERVIEW_TURN_TIMEOUT_S ends its stream with an `error`, is
+    failed, and the founder can answer again; the worker's late result does not undo that."""
+    with FakeProvider(api_key="sk-a", chunk_chars=6, latency_s=4) as slow:
+        stack = make_stack({**ONE(slow), "INTERVIEW_TURN_TIMEOUT_S": "1.5",
+                            "STREAM_HEARTBEAT_S": "0.5", "LLM_FIRST_TOKEN_TIMEOUT_S": "10"})
+        iv = start(stack)
+        got = read_turn(stack, "GET", iv["turns"][0]["events"])
+        assert [n for _, n, _ in got] == ["error", "end"] and "lost" in got[0][2]["error"]
+        time.sleep(4.5)  # the worker's call ends meanwhile
+        body = stack.client.get(f"/v1/interviews/{iv['id']}", headers=AUTH_A).json()
+        assert body["turns"][0]["status"] == "failed"
+        slow.latency_s = 0
+        r = stack.client.post(f"/v1/interviews/{iv['id']}/turns", json={"answer": "labs"},
+                              headers=AUTH_A)
+        assert r.status_code == 200
+
+
+def test_interview_turns_get_their_share_of_the_buckets(make_stack, fake) -> None:
+    from masterplan import admission
+
+    stack = make_stack({**ONE(fake), "INTERACTIVE_SHARE": "0.3", "FAIR_HEADROOM": "0.2"})
+    admission._competition = (-admission.CONTENDED_TTL_S, False, False)
+    with stack.runtime.sessions.begin() as s:  # no interview active in the window
+        from masterplan.db.models import Interview
+
+        s.query(Interview).update({"updated_at": Interview.created_at - timedelta(days=1)})
+    assert admission.headroom(stack.runtime, "first") == 0.0
+    start(stack)
+    admission._competition = (-admission.CONTENDED_TTL_S, False, False)
+    assert admission.headroom(stack.runtime, "first") == pytest.approx(0.3)
+    # The job's further lanes leave both shares.
+    assert admission.headroom(stack.runtime, "more") in (pytest.approx(0.3),
+                                                         pytest.approx(0.5))
