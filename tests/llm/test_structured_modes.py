@@ -120,7 +120,8 @@ def strict_violations(schema: dict[str, Any]) -> list[str]:
 
 
 def stage_schemas() -> list[tuple[str, type[BaseModel]]]:
-    """Every stage's output schema, from the requests the pipeline's stages build."""
+    """Every stage's output schema, from the requests the pipeline's stages build, and the
+    interview turn's."""
     settings = make_settings({"LLM_PROVIDERS": "stub"})
     out = []
     for stage in pipeline().stages:
@@ -128,7 +129,11 @@ def stage_schemas() -> list[tuple[str, type[BaseModel]]]:
         req = stage.build(JobInput("a marketplace for used lab equipment", None), found, settings)
         assert req.schema is not None, stage.name
         out.append((stage.name, req.schema))
-    return out
+    from masterplan.interview import structure_request
+
+    turn = structure_request("lab equipment", [], [], max_tokens=500)
+    assert turn.schema is not None
+    return [*out, ("interview", turn.schema)]
 
 
 @pytest.mark.parametrize(("stage", "schema"), stage_schemas(), ids=lambda v: str(getattr(v, "__name__", v)))
@@ -143,7 +148,7 @@ def test_every_stage_schema_is_accepted_by_strict_modes(stage: str, schema: type
 
 
 def test_the_checker_covers_all_the_pipelines_stages() -> None:
-    assert [name for name, _ in stage_schemas()] == list(pipeline().names)
+    assert [name for name, _ in stage_schemas()] == [*pipeline().names, "interview"]
 
 
 def test_dropped_constraints_stay_as_hints_and_pydantic_still_enforces_them() -> None:
