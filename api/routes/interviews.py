@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import AuthenticatedRoute, OwnerDep, RuntimeDep
 from api.routes.events import HEARTBEAT, EventStream
-from api.routes.jobs import submit
+from api.routes.jobs import daily_budget_refusal, submit
 from api.schemas import (
     AnswerCreate,
     InterviewCreate,
@@ -88,6 +88,13 @@ def _read(rt: Runtime, interview_id: str, owner: str) -> InterviewPublic:
         return _public(interview, cv.turns(s, interview_id))
 
 
+def _check_budget(rt: Runtime, owner: str) -> None:
+    with rt.sessions() as s:
+        refusal = daily_budget_refusal(s, rt, owner)
+    if refusal is not None:
+        raise refusal
+
+
 def _refused(exc: cv.InterviewError) -> HTTPException:
     return HTTPException(exc.status, exc.detail)
 
@@ -114,10 +121,12 @@ def _enqueue_or_undo(rt: Runtime, interview_id: str, n: int) -> None:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=InterviewPublic, responses={
     201: {"description": "The interview, its first turn streaming: read it at `turns[0].events`."},
+    429: {"description": "This API key spent KEY_DAILY_BUDGET_USD today."},
     503: {"description": "The task queue is unreachable; nothing was stored."}})
 def create(body: InterviewCreate, owner: OwnerDep, rt: RuntimeDep, response: Response
            ) -> InterviewPublic:
     """Start an interview: the interviewer's first question streams at once."""
+    _check_budget(rt, owner)
     interview_id, n = cv.start(rt, owner=owner, idea=body.idea)
     _enqueue_or_undo(rt, interview_id, n)
     response.headers["Location"] = f"/v1/interviews/{interview_id}"
@@ -136,12 +145,14 @@ def read(interview_id: UUID, owner: OwnerDep, rt: RuntimeDep) -> InterviewPublic
 @router.post("/{interview_id}/turns", response_class=StreamingResponse, responses={
     200: STREAM, 404: NOT_FOUND,
     409: {"description": "The interview is finished, or its latest turn is still streaming."},
-    429: {"description": "Too many streams open for this API key or this API process."},
+    429: {"description": "Too many streams open for this API key or this API process, or this "
+          "key spent KEY_DAILY_BUDGET_USD today."},
     503: {"description": "The task queue is unreachable; the answer was not stored."}})
 async def answer(interview_id: UUID, body: AnswerCreate, owner: OwnerDep, rt: RuntimeDep,
                  request: Request) -> EventStream:
     """Answer the latest question; the response is the next turn, streamed."""
     relay = relay_of(request.app, rt)
+    await run_in_threadpool(_check_budget, rt, owner)
     try:
         relay.check_room(owner)
         n = await run_in_threadpool(partial(cv.answer, rt, owner=owner,

@@ -151,6 +151,12 @@ def _key_limit(session: Session, rt: Runtime, owner: str) -> HTTPException | Non
                              f"this API key submitted {rt.settings.key_submissions_per_min} jobs in "
                              f"the last minute (KEY_SUBMISSIONS_PER_MIN); retry in {wait} s",
                              headers={"Retry-After": str(wait)})
+    return daily_budget_refusal(session, rt, owner)
+
+
+def daily_budget_refusal(session: Session, rt: Runtime, owner: str) -> HTTPException | None:
+    """The 429 of a key past KEY_DAILY_BUDGET_USD (its jobs' and interviews' spend since UTC
+    midnight, from the ledger), if it is."""
     cap = rt.settings.key_daily_budget_usd
     if cap is None:
         return None

@@ -333,11 +333,14 @@ def job_spend(session: Session, *, job_id: str) -> tuple[float, float]:
 
 
 def owner_spend_since(session: Session, *, owner: str, since: datetime) -> float:
-    """What the owner's jobs' calls cost since `since` (the ledger)."""
+    """What the owner's jobs' and interviews' calls cost since `since` (the ledger)."""
     c, j = _CALLS.c, _JOBS.c
-    return float(session.scalar(sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0))
-                                .join(_JOBS, j.id == c.job_id)
-                                .where(j.owner == owner, c.created_at >= since)) or 0.0)
+    jobs = sa.select(j.id).where(j.owner == owner).scalar_subquery()
+    interviews = sa.select(Interview.id).where(Interview.owner == owner).scalar_subquery()
+    return float(session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0))
+        .where(sa.or_(c.job_id.in_(jobs), c.interview_id.in_(interviews)),
+               c.created_at >= since)) or 0.0)
 
 
 # -- recovery ------------------------------------------------------------------------------
