@@ -42,9 +42,8 @@ def test_a_turn_cut_mid_stream_resumes_on_the_real_processes(tmp_path: Path, red
         env = clean_env(REDIS_URL=PROC_REDIS, DATABASE_URL=db_url, API_KEYS="proc-key",
                         LLM_PROVIDERS="openai", OPENAI_BASE_URL=fake.openai_base_url,
                         OPENAI_API_KEY="sk-iv", LOG_LEVEL="INFO")
-        migrate = subprocess.run([str(BIN / "alembic"), "upgrade", "head"],
-                                               cwd=ROOT, env=env, capture_output=True, text=True,
-                                               timeout=60)
+        migrate = subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=60)
         assert migrate.returncode == 0, migrate.stderr
         port = free_port()
         worker = Proc([str(BIN / "celery"), "-A", "workers", "worker", "-Q", "interactive", "-P",
