@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, metrics, openapi
+from api import errors, metrics, openapi, web
 from api.middleware import BodyLimit, PathGuard
-from api.routes import events, health, interviews, jobs, providers
+from api.routes import calls, events, health, interviews, jobs, providers
 from masterplan.errors import ConfigError, SchemaBehindError
 from masterplan.logs import setup_logging
 from masterplan.runtime import Runtime, build_runtime
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     metrics.install(app)
     for r in (health.router, jobs.router, events.router, interviews.router, providers.router):
         app.include_router(r)
+    app.include_router(calls.router)
+    web.install(app)  # the page: /, /jobs/{id}, its fragments, /static
     openapi.install(app, settings)
     # The last added runs first: the body cap wraps everything, then the path check, both
     # ahead of routing and parsing.

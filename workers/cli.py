@@ -200,6 +200,9 @@ def dev(args: argparse.Namespace) -> int:
     if rt.settings.auth_disabled:
         print("masterplan dev: authentication disabled (AUTH_DISABLED=true) — for local use only",
               file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"masterplan dev: the page is at http://{host}:{args.port}/ (API docs at /docs)",
+          file=sys.stderr)
     with embedded_worker(app):
         uvicorn.run(create_app(runtime=rt), host=args.host, port=args.port, log_level="info")
     rt.close()

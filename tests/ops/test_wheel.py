@@ -27,3 +27,6 @@ def test_wheel_carries_only_production_code(tmp_path: Path) -> None:
     # The embedded default's provider and the bucket script are production code and do ship.
     assert "masterplan/llm/stub.py" in names
     assert "masterplan/ratelimit/bucket.lua" in names
+    # So do the web page's templates and assets: the page works with no CDN and no source tree.
+    assert {"api/web/templates/job.html", "api/web/templates/_job.html", "api/web/static/app.js",
+            "api/web/static/app.css"} <= set(names)
