@@ -25,7 +25,7 @@ BLOCK_MS = 20
 ERROR_PAUSE_S = 0.5
 
 
-def _pos(event_id: str) -> tuple[int, int]:
+def position(event_id: str) -> tuple[int, int]:
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
 
@@ -107,27 +107,26 @@ class TurnRelay:
             if not self._readers:
                 self._thread = None
                 return {}
-            return {key: min((r.after for r in readers), key=_pos)
+            return {key: min((r.after for r in readers), key=position)
                     for key, readers in self._readers.items()}
 
     def _run(self) -> None:
         while streams := self._watch():
             try:
                 got = self.redis.xread(streams, block=BLOCK_MS, count=500)
+                for raw_key, entries in got or []:
+                    key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+                    self._deliver(key, ts.decode(entries))
             except Exception as exc:  # noqa: BLE001 - Redis away: readers keep waiting
                 log.warning("turn relay: reading the event streams failed: %s", exc)
                 time.sleep(ERROR_PAUSE_S)
-                continue
-            for raw_key, entries in got or []:
-                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-                self._deliver(key, ts.decode(entries))
 
     def _deliver(self, key: str, events: list[ts.Event]) -> None:
         with self._lock:
             readers = list(self._readers.get(key, ()))
             loop = self._loop
         for reader in readers:
-            fresh = [e for e in events if _pos(e.id) > _pos(reader.after)]
+            fresh = [e for e in events if position(e.id) > position(reader.after)]
             if fresh and loop is not None:
                 reader.after = fresh[-1].id
                 try:

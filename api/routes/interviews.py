@@ -32,10 +32,10 @@ from api.schemas import (
     TurnPublic,
     TurnUsage,
 )
-from api.turn_relay import Reader, StreamsFull, TurnRelay
+from api.turn_relay import Reader, StreamsFull, TurnRelay, position
 from masterplan import conversation as cv
 from masterplan import turnstream as ts
-from masterplan.db.models import Interview, InterviewTurn, TurnStatus
+from masterplan.db.models import Interview, InterviewStatus, InterviewTurn, TurnStatus
 from masterplan.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -182,22 +182,24 @@ async def turn_events(interview_id: UUID, n: int, owner: OwnerDep, rt: RuntimeDe
     after = last_event_id if last_event_id and _EVENT_ID.match(last_event_id) else ts.START
     key = ts.key(rt.settings.redis_key_prefix, iid, n)
 
-    def look() -> tuple[InterviewTurn | None, int]:
+    def look() -> tuple[InterviewTurn | None, bool, int]:
         with rt.sessions() as s:
-            cv.get(s, iid, owner)
-            turn = next((t for t in cv.turns(s, iid) if t.n == n), None)
+            interview = cv.get(s, iid, owner)
+            rows = cv.turns(s, iid)
+            turn = next((t for t in rows if t.n == n), None)
             if turn is not None:
                 s.expunge(turn)
-        return turn, int(rt.redis.exists(key))
+            ended = interview.status != InterviewStatus.OPEN.value and rows[-1].n == n
+        return turn, ended, int(rt.redis.exists(key))
 
     try:
-        turn, kept = await run_in_threadpool(look)
+        turn, ended, kept = await run_in_threadpool(look)
     except cv.NotFound as exc:
         raise _refused(exc) from None
     if turn is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"interview {iid} has no turn {n}")
     if turn.status != TurnStatus.STREAMING.value and not kept:
-        return EventStream(_from_db(turn, after))
+        return EventStream(_from_db(turn, after, ended))
     try:
         reader = relay_of(request.app, rt).open(key, owner, after)
     except StreamsFull as exc:
@@ -238,7 +240,8 @@ def _lost(rt: Runtime, interview_id: str, n: int) -> bool:
         return turn is not None and cv.fail_if_lost(rt, s, turn)
 
 
-def _db_events(turn: InterviewTurn | None, error: str | None) -> list[ts.Event]:
+def _db_events(turn: InterviewTurn | None, error: str | None, finished: bool = False
+               ) -> list[ts.Event]:
     """A turn told from its row (ids below any Redis Stream id, so they never collide)."""
     import json
 
@@ -247,7 +250,7 @@ def _db_events(turn: InterviewTurn | None, error: str | None) -> list[ts.Event]:
         events.append((ts.TOKEN, {"text": turn.question}))
         events.append((ts.TURN, {"n": turn.n, "question": turn.question,
                                  "structured": turn.structured, "error": turn.structured_error,
-                                 "finished": None, "usage": turn.usage or {}}))
+                                 "finished": finished, "usage": turn.usage or {}}))
     else:
         why = error or (turn.error if turn is not None else None) or "the turn failed"
         events.append((ts.ERROR, {"error": why,
@@ -257,9 +260,14 @@ def _db_events(turn: InterviewTurn | None, error: str | None) -> list[ts.Event]:
             for i, (name, data) in enumerate(events, 1)]
 
 
-async def _from_db(turn: InterviewTurn, after: str) -> AsyncIterator[bytes]:
-    for event in _db_events(turn, None):
-        if event.id > after or after == ts.START:
+async def _from_db(turn: InterviewTurn, after: str, finished: bool) -> AsyncIterator[bytes]:
+    """A reader that saw part of the expired stream (its id is a Redis one) cannot be told
+    where it was: it gets the rest without the text, which the `turn` event holds whole."""
+    resumed = position(after)[0] > 0
+    for event in _db_events(turn, None, finished):
+        if resumed and event.name == ts.TOKEN:
+            continue
+        if resumed or position(event.id) > position(after):
             yield event.frame()
 
 

@@ -1,10 +1,13 @@
-"""The page routes: `/`, `/jobs/{id}`, the fragments the pages' script fetches, `/static`.
+"""The page routes: `/`, `/jobs/{id}`, `/interviews/{id}`, the fragments the pages' script
+fetches, `/static`.
 
 One renderer serves both ways of seeing a job. When the server can read the job itself
 (AUTH_DISABLED=true, as `masterplan dev` runs) the page arrives whole, readable without
 JavaScript. Otherwise the browser holds the API key, and the page's script fetches the same
 HTML as a fragment, authenticated exactly like the v1 routes (`Authorization: Bearer`), and
-fetches it again at each event of the job's stream. A key never goes in a URL.
+fetches it again at each event of the job's stream. A key never goes in a URL. An interview's
+page works the same way: whole when the server can read it, else a shell that fetches
+`/fragments/interviews/{id}`, again after each turn (the turn's text streams in meanwhile).
 
 The page routes are not part of the API's OpenAPI document: they answer HTML, for people.
 """
@@ -19,7 +22,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.deps import ANONYMOUS, OwnerDep, RuntimeDep, SessionDep
-from api.web import view
+from api.web import chat, view
 from api.web.render import SECURITY_HEADERS, render
 
 STATIC = Path(__file__).parent / "static"
@@ -99,3 +102,31 @@ def job_fragment(job_id: UUID, owner: OwnerDep, session: SessionDep, rt: Runtime
     if v is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} for this API key")
     return _html(render("_job.html", v=v))
+
+
+@router.get("/interviews/{interview_id}", response_class=HTMLResponse)
+def interview_page(interview_id: str, request: Request, rt: RuntimeDep) -> HTMLResponse:
+    """The interview as a chat, whole when the server can read it; else a shell the script
+    fills in."""
+    found = _uuid(interview_id)
+    if found is None:
+        return _page(request, rt, "interview_missing.html", status.HTTP_404_NOT_FOUND,
+                     interview_id=interview_id)
+    iv = None
+    if rt.settings.auth_disabled:
+        with rt.sessions() as s:
+            iv = chat.interview_view(s, found, owner=ANONYMOUS)
+        if iv is None:
+            return _page(request, rt, "interview_missing.html", status.HTTP_404_NOT_FOUND,
+                         interview_id=found)
+    return _page(request, rt, "interview.html", interview_id=found, iv=iv)
+
+
+@router.get("/fragments/interviews/{interview_id}", response_class=HTMLResponse)
+def interview_fragment(interview_id: UUID, owner: OwnerDep, session: SessionDep) -> HTMLResponse:
+    """The interview as its page shows it, as an HTML fragment; another key's is a 404."""
+    iv = chat.interview_view(session, str(interview_id), owner=owner)
+    if iv is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"no interview {interview_id} for this API key")
+    return _html(render("_interview.html", iv=iv))

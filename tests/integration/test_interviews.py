@@ -150,6 +150,13 @@ def test_a_turn_told_from_the_database_once_its_events_expired(make_stack, fake)
     assert [n for _, n, _ in again] == ["token", "turn", "end"]
     assert text_of(again) == text_of(whole)
     assert again[1][2]["structured"] == whole[-2][2]["structured"]
+    assert again[1][2]["finished"] == whole[-2][2]["finished"]
+    # A reader that had seen part of the expired stream gets the rest without the text (the
+    # `turn` event holds it whole), and always its end.
+    rest = read_turn(stack, "GET", iv["turns"][0]["events"],
+                     headers={**AUTH_A, "Last-Event-ID": whole[1][0]})
+    assert [n for _, n, _ in rest] == ["turn", "end"]
+    assert rest[0][2]["question"] == text_of(whole)
 
 
 def test_fallback_before_the_first_token_is_invisible(make_stack) -> None:
