@@ -9,7 +9,7 @@
 
 Names for --only: profile, throughput, latency, critical, concurrency, scaling, memory,
 limiter, burst, sustained (those three are the rate-limit benchmark; `ratelimit` = all
-three), streams, fairness, silent, caching.
+three), streams, fairness, silent, caching, interview.
 
 Needs PostgreSQL (BENCH_PG_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres;
 a fresh database is created and dropped for each measurement) and Redis (BENCH_REDIS_URL,
@@ -36,7 +36,8 @@ from bench import harness as H
 from bench import report
 
 SECTIONS = ("profile", "throughput", "latency", "critical", "concurrency", "scaling", "memory",
-            "limiter", "burst", "sustained", "streams", "fairness", "silent", "caching")
+            "limiter", "burst", "sustained", "streams", "fairness", "silent", "caching",
+            "interview")
 
 NOTES = [
     "Ours: `celery -A workers worker` processes, LLM_PROVIDERS=stub behind the token bucket "
@@ -109,6 +110,27 @@ NOTES = [
     "personas one after the other, the synthesis, the critique) with a ~16,000-token founder "
     "context; its cost = the ledger's sum at the default prices (KNOWN_PROVIDERS), with the "
     "fake's prompt cache on and off (a fresh fake each run); ratio = cached / uncached.",
+    "Interview (`bench/interview.py`): uvicorn API, a worker on the `interactive` queue "
+    "(threads -c 8) and, behind a backlog, a batch worker on `personas,pipeline` (threads -c 32); "
+    "the fake provider is a separate process (0.2 s before a reply begins, 8-character chunks "
+    "5 ms apart) whose structured answer says `done: false`, so an interview goes on (four turns "
+    "each, then a new one). TTFT = from just before the client sends POST "
+    "/v1/interviews/{id}/turns to the first complete `token` event read by httpx; direct = the "
+    "same fake through the `openai` SDK (stream=True, the turn's model, messages, max_tokens and "
+    "temperature) to its first content delta, alternating with the system's; added = system "
+    "percentile - direct percentile; first turns (POST /v1/interviews, then GET of its events "
+    "URL) timed from the POST. Backlog: LLM_PROVIDERS=groq at 6,000 TPM (RPM 1,000), another "
+    "key POSTs the jobs (KEY_SUBMISSIONS_PER_MIN off); once the bucket is below a job's persona "
+    "call plus the kept share, a new interview every `every_s` (first-turn TTFT, each read in "
+    "its own thread), with INTERACTIVE_SHARE at its default and at 0 (a fresh stack each); "
+    "bucket and jobs sampled every 0.5 s; ratio = loaded / idle first-turn percentile. "
+    "Structured: openai (faulty fake: "
+    "a seeded 30% of replies cut, or every schema answered off-schema) then groq (healthy); "
+    "one new interview per turn, repair and fallback counted from its `llm_calls` rows. "
+    "Streams: interviews written to the database with their first turn `streaming` and no task "
+    "published, one GET .../turns/1/events each from a helper process (asyncio + httpx, 50 "
+    "opened at a time); GET /healthz, GET /v1/jobs, GET /v1/interviews/{id} sequential, idle "
+    "then loaded; ratio = loaded / idle percentile.",
 ]
 
 
@@ -135,6 +157,10 @@ def _config(quick: bool) -> dict[str, Any]:
             "fairness": {"flood": 40, "repeats": 2, "timeout": 60},
             "silent": {"calls": 10, "repeats": 1, "first_token_s": 1.0},
             "caching": {"context_tokens": 4000, "repeats": 1},
+            # A 4x faster bucket (24,000 TPM) so that the founder's pace fits the quick run.
+            "interview": {"turns": 8, "backlog_jobs": 40, "backlog_every_s": 3.75,
+                          "backlog_window_s": 11.25, "backlog_tpm": 24000, "backlog_rpm": 1000,
+                          "structured_turns": 10, "streams": 100, "requests": 100},
         }
     return {
         "profile": {"n_jobs": 200},
@@ -156,6 +182,10 @@ def _config(quick: bool) -> dict[str, Any]:
         "fairness": {"flood": 200, "repeats": 4, "timeout": 120},
         "silent": {"calls": 30, "repeats": 3, "first_token_s": 10.0},
         "caching": {"context_tokens": 16000, "repeats": 3},
+        # (behind the backlog: a new interview every backlog_every_s for backlog_window_s)
+        "interview": {"turns": 30, "backlog_jobs": 200, "backlog_every_s": 15.0,
+                      "backlog_window_s": 120.0, "backlog_tpm": 6000, "backlog_rpm": 1000,
+                      "structured_turns": 50, "streams": 500, "requests": 300},
     }
 
 
@@ -230,6 +260,10 @@ def run(sections: list[str], quick: bool) -> dict[str, Any]:
         from bench import caching as CA
 
         results["caching"] = CA.measure_caching(**cfg["caching"])
+    if "interview" in sections:
+        from bench import interview as IV
+
+        results["interview"] = IV.measure_interview(**cfg["interview"])
     results["meta"]["duration_s"] = time.monotonic() - t0
     results["meta"]["load_avg_at_end"] = os.getloadavg()
     return results

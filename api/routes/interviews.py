@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated, Any
@@ -213,14 +214,17 @@ async def _relayed(rt: Runtime, reader: Reader, interview_id: str, n: int) -> As
     whose worker was lost (past INTERVIEW_TURN_TIMEOUT_S) ends with an `error`."""
     import asyncio
 
-    beat = rt.settings.stream_heartbeat_s
+    beat, opened = rt.settings.stream_heartbeat_s, time.monotonic()
     try:
         while True:
             try:
                 async with asyncio.timeout(beat):
                     events = await reader.queue.get()
             except TimeoutError:
-                if await run_in_threadpool(_lost, rt, interview_id, n):
+                # The database is asked only once the turn may be lost: it is at least as old
+                # as this stream.
+                old = time.monotonic() - opened >= rt.settings.interview_turn_timeout_s
+                if old and await run_in_threadpool(_lost, rt, interview_id, n):
                     for e in _db_events(None, "the turn was lost (its worker stopped)"):
                         yield e.frame()
                     return
