@@ -15,11 +15,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP_INSTALL) -e . --config-settings editable_mode=compat
 	@touch $@
 
-$(VENV)/.installed-# The interview in the terminal, then the masterplan built from it.
-interview: $(VENV)/.installed
-	$(BIN)/masterplan interview "$(IDEA)"
-
-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[dev]' --config-settings editable_mode=compat
 	@touch $@
 
