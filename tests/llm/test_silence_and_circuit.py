@@ -138,7 +138,10 @@ def test_a_streaming_caller_falls_back_only_while_it_has_seen_nothing(first, sec
 @pytest.mark.parametrize("what", ["end", "usage"])
 def test_a_stream_cut_without_its_end_is_a_failed_attempt(first, second, redis_client,
                                                           what) -> None:
-    router = router_for(first, second, redis_client)
+    # Timeouts well above the fake's pace: what ends this stream is its end, never a stall
+    # (on a loaded machine the close can lag the last event by more than the 0.5 s default).
+    router = router_for(first, second, redis_client, LLM_STALL_TIMEOUT_S="5",
+                        LLM_FIRST_TOKEN_TIMEOUT_S="5")
     first.cut_stream_end(what)  # ends cleanly, but without its end marker (or its usage)
 
     routed = router.route(REQ)
