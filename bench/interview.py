@@ -52,7 +52,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import sys
 import threading
@@ -68,6 +67,7 @@ from typing import Any
 import httpx
 
 from bench import harness as H
+from bench.streams import hold
 from testkit.procs import BIN, Proc, clean_env, free_port, wait_http
 
 IDEA = "a marketplace for used lab equipment"
@@ -915,7 +915,7 @@ def _keep_going(prompt: Any) -> Any:
 
 
 def _fake_main(argv: list[str]) -> int:
-    from testkit.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider, serve
 
     p = argparse.ArgumentParser(prog="python -m bench.interview fake")
     p.add_argument("--flavor", default="groq")
@@ -934,68 +934,7 @@ def _fake_main(argv: list[str]) -> int:
                         truncate_rate=a.truncate_rate, seed=a.seed,
                         ignore_instructions=a.ignore_instructions)
     fake.chunk_delay_s = a.chunk_delay_s
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    fake.start()
-    print(f"READY {fake.url}", flush=True)
-    try:
-        while not done.wait(0.5):
-            pass
-    finally:
-        fake.stop()
-    return 0
-
-
-async def _hold(base: str, paths: list[str], n: int, key: str) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    gate = asyncio.Semaphore(OPEN_AT_ONCE)
-    opened, failed, settled = 0, 0, asyncio.Event()
-    auth = {"Authorization": f"Bearer {key}"}
-
-    def count(ok: bool) -> None:
-        nonlocal opened, failed
-        opened, failed = opened + ok, failed + (not ok)
-        if opened + failed == n:
-            settled.set()
-
-    async def one(client: httpx.AsyncClient, path: str) -> None:
-        await gate.acquire()
-        pending = True
-        try:  # the gate is released once the response has begun, or the stream failed
-            async with client.stream("GET", path, headers=auth) as r:
-                if r.status_code != 200:
-                    print(f"stream refused: {r.status_code}", flush=True)
-                    return
-                pending = False
-                gate.release()
-                count(True)
-                async for _line in r.aiter_lines():
-                    pass
-        except httpx.HTTPError as exc:
-            print(f"stream error: {type(exc).__name__}: {exc}", flush=True)
-        finally:
-            if pending:
-                gate.release()
-                count(False)
-
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=0)
-    t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=base, limits=limits,
-                                 timeout=httpx.Timeout(30.0, read=None)) as client:
-        tasks = [asyncio.create_task(one(client, paths[i % len(paths)])) for i in range(n)]
-        await asyncio.wait([asyncio.create_task(settled.wait()),
-                            asyncio.create_task(stop.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
-        print(f"OPEN {opened} {failed} {time.monotonic() - t0:.3f}", flush=True)
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return 0
+    return serve(fake)
 
 
 def _hold_main(argv: list[str]) -> int:
@@ -1005,7 +944,9 @@ def _hold_main(argv: list[str]) -> int:
     p.add_argument("--paths-file", type=Path, required=True)
     a = p.parse_args(argv)
     paths = json.loads(a.paths_file.read_text())
-    return asyncio.run(_hold(a.base, paths, a.streams, os.environ["BENCH_INTERVIEW_KEY"]))
+    # A turn that never runs sends nothing: a stream counts as open at its response.
+    return asyncio.run(hold(a.base, paths, a.streams, os.environ["BENCH_INTERVIEW_KEY"],
+                            ready_at_data=False))
 
 
 if __name__ == "__main__":

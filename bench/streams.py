@@ -126,7 +126,9 @@ def measure_streams(*, streams: int, jobs: int, requests: int, repeats: int) -> 
         job_ids = _create_jobs(db_url, jobs)
         env = {"DATABASE_URL": db_url, "REDIS_URL": H.redis_url(H.OURS_DB),
                "REDIS_KEY_PREFIX": prefix, "API_KEYS": H.API_KEY, "LOG_LEVEL": "WARNING",
-               "MAX_STREAMS_PER_KEY": str(streams + 10), "MAX_STREAMS": str(streams + 10)}
+               "MAX_STREAMS_PER_KEY": str(streams + 10), "MAX_STREAMS": str(streams + 10),
+               # The figure is the latency of POST /v1/jobs, not the per-key limit's 429.
+               "KEY_SUBMISSIONS_PER_MIN": "0"}
         poll_s = H.settings_for(env).stream_poll_s
         try:
             with _api(env) as (base, api), httpx.Client(base_url=base, timeout=30) as client:
@@ -168,7 +170,11 @@ def measure_streams(*, streams: int, jobs: int, requests: int, repeats: int) -> 
 # ------------------------------------------------------------------ the holder process
 
 
-async def _hold(base: str, job_ids: list[str], n: int, key: str) -> int:
+async def hold(base: str, paths: list[str], n: int, key: str, *, ready_at_data: bool = True
+               ) -> int:
+    """Hold `n` event streams open on `paths` (round robin) until SIGTERM; print `OPEN <opened>
+    <failed> <s>` once each has opened (at its first `data:` line, or with `ready_at_data`
+    False at its response: a stream that may stay quiet) or failed."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -183,18 +189,26 @@ async def _hold(base: str, job_ids: list[str], n: int, key: str) -> int:
         if opened + failed == n:
             settled.set()
 
-    async def one(client: httpx.AsyncClient, job_id: str) -> None:
+    async def one(client: httpx.AsyncClient, path: str) -> None:
         await gate.acquire()
         first = True
-        try:  # the gate is released at the stream's first event, or when it fails
-            async with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth) as r:
+
+        def ready() -> None:
+            nonlocal first
+            first = False
+            gate.release()
+            count(True)
+
+        try:  # the gate is released once the stream is open, or when it fails
+            async with client.stream("GET", path, headers=auth) as r:
                 if r.status_code != 200:
+                    print(f"stream refused: {r.status_code}", flush=True)
                     return
+                if not ready_at_data:
+                    ready()
                 async for line in r.aiter_lines():
                     if first and line.startswith("data: "):
-                        first = False
-                        gate.release()
-                        count(True)
+                        ready()
         except httpx.HTTPError as exc:
             print(f"stream error: {type(exc).__name__}: {exc}", flush=True)
         finally:
@@ -206,7 +220,7 @@ async def _hold(base: str, job_ids: list[str], n: int, key: str) -> int:
     t0 = time.monotonic()
     async with httpx.AsyncClient(base_url=base, limits=limits,
                                  timeout=httpx.Timeout(30.0, read=None)) as client:
-        tasks = [asyncio.create_task(one(client, job_ids[i % len(job_ids)])) for i in range(n)]
+        tasks = [asyncio.create_task(one(client, paths[i % len(paths)])) for i in range(n)]
         done = asyncio.create_task(stop.wait())
         await asyncio.wait([asyncio.create_task(settled.wait()), done],
                            return_when=asyncio.FIRST_COMPLETED)
@@ -225,8 +239,8 @@ def _hold_main(argv: list[str]) -> int:
     p.add_argument("--streams", type=int, required=True)
     p.add_argument("--jobs-file", type=Path, required=True)
     a = p.parse_args(argv)
-    job_ids = json.loads(a.jobs_file.read_text())
-    return asyncio.run(_hold(a.base, job_ids, a.streams, os.environ["BENCH_STREAMS_KEY"]))
+    paths = [f"/v1/jobs/{job_id}/events" for job_id in json.loads(a.jobs_file.read_text())]
+    return asyncio.run(hold(a.base, paths, a.streams, os.environ["BENCH_STREAMS_KEY"]))
 
 
 if __name__ == "__main__":

@@ -682,6 +682,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         p.error(str(exc))
+    return serve(fake)
+
+
+def serve(fake: FakeProvider) -> int:
+    """Serve `fake` as a process: print `READY <url>`, stop at SIGTERM or SIGINT."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

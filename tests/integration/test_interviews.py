@@ -331,7 +331,17 @@ def test_a_turn_whose_worker_is_gone_ends_as_lost(make_stack) -> None:
         iv = start(stack)
         got = read_turn(stack, "GET", iv["turns"][0]["events"])
         assert [n for _, n, _ in got] == ["error", "end"] and "lost" in got[0][2]["error"]
-        time.sleep(4.5)  # the worker's call ends meanwhile
+        # The worker's late result: both calls end on the ledger; the turn stays failed.
+        from masterplan.db.models import LLMCall
+
+        deadline = time.monotonic() + 30
+        while True:
+            with stack.runtime.sessions() as sess:
+                rows = sess.query(LLMCall).filter(LLMCall.interview_id == iv["id"]).count()
+            if rows >= 2:
+                break
+            assert time.monotonic() < deadline, "the worker's calls never reached the ledger"
+            time.sleep(0.1)
         body = stack.client.get(f"/v1/interviews/{iv['id']}", headers=AUTH_A).json()
         assert body["turns"][0]["status"] == "failed"
         slow.latency_s = 0
